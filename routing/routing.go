@@ -1,0 +1,277 @@
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Strategy names how a Route picks a destination. The values are the names
+// used in the configuration file.
+type Strategy string
+
+// Strategies.
+const (
+	FirstAvailable         Strategy = "first-available"
+	NextAvailable          Strategy = "next-available"
+	RoundRobin             Strategy = "round-robin"
+	RoundRobinWithFallback Strategy = "round-robin-with-fallback"
+)
+
+// ErrNoDestination is returned by Pick when no destination is up.
+var ErrNoDestination = errors.New("no destination available")
+
+// Pick is the outcome of Route.Pick.
+type Pick struct {
+	Route *Route // the route the destination belongs to (the fallback route on fallback)
+	Index int    // position of the destination in Route's list
+	Addr  string // host:port
+	// Epoch is the route's primary epoch when the pick was made. A session
+	// dialed for a pick whose epoch is no longer current must not be kept
+	// (the primary moved while it was being dialed).
+	Epoch uint64
+}
+
+// Route is one route's destinations and strategy. It is safe for
+// concurrent use. The zero value is not usable; call New.
+type Route struct {
+	name     string
+	strategy Strategy
+	dests    []string
+	fallback *Route
+
+	mu       sync.Mutex
+	up       []bool
+	burned   []bool // next-available: marked down since the last reset
+	primary  int    // -1 when none; first-available and next-available only
+	next     int    // round-robin cursor
+	epoch    uint64 // incremented each time the primary changes
+	watchers []func()
+}
+
+// New returns a route over dests (host:port, in preference order) with every
+// destination up. fallback is used only by RoundRobinWithFallback and must
+// then be a primary-based route.
+func New(name string, strategy Strategy, dests []string, fallback *Route) (*Route, error) {
+	switch strategy {
+	case FirstAvailable, NextAvailable, RoundRobin:
+	case RoundRobinWithFallback:
+		if fallback == nil || !fallback.hasPrimary() {
+			return nil, fmt.Errorf("route %s: %s needs a first-available or next-available fallback route", name, strategy)
+		}
+	default:
+		return nil, fmt.Errorf("route %s: unknown strategy %q", name, strategy)
+	}
+	if len(dests) == 0 {
+		return nil, fmt.Errorf("route %s: no destinations", name)
+	}
+	r := &Route{
+		name:     name,
+		strategy: strategy,
+		dests:    append([]string(nil), dests...),
+		fallback: fallback,
+		up:       make([]bool, len(dests)),
+		burned:   make([]bool, len(dests)),
+		primary:  -1,
+	}
+	for i := range r.up {
+		r.up[i] = true
+	}
+	if r.hasPrimary() {
+		r.primary = 0
+	}
+	return r, nil
+}
+
+// Name returns the route's name.
+func (r *Route) Name() string { return r.name }
+
+// Strategy returns the route's strategy.
+func (r *Route) Strategy() Strategy { return r.strategy }
+
+// Destinations returns the destination list in preference order.
+func (r *Route) Destinations() []string { return append([]string(nil), r.dests...) }
+
+// Fallback returns the fallback route, or nil.
+func (r *Route) Fallback() *Route { return r.fallback }
+
+func (r *Route) hasPrimary() bool {
+	return r.strategy == FirstAvailable || r.strategy == NextAvailable
+}
+
+// Watch registers fn to be called, without the route's lock held, after
+// every change of state: a destination going up or down, or the primary
+// moving. Calls may arrive concurrently and out of order, so fn should read
+// the current state rather than trust its position in a sequence.
+func (r *Route) Watch(fn func()) {
+	r.mu.Lock()
+	r.watchers = append(r.watchers, fn)
+	r.mu.Unlock()
+}
+
+func (r *Route) notify(ws []func()) {
+	for _, fn := range ws {
+		fn()
+	}
+}
+
+// Pick chooses the destination for a new session. It returns
+// ErrNoDestination (wrapped with the route's name) when none is up.
+func (r *Route) Pick() (Pick, error) {
+	r.mu.Lock()
+	switch r.strategy {
+	case FirstAvailable, NextAvailable:
+		if r.primary >= 0 {
+			p := Pick{Route: r, Index: r.primary, Addr: r.dests[r.primary], Epoch: r.epoch}
+			r.mu.Unlock()
+			return p, nil
+		}
+	default:
+		n := len(r.dests)
+		for k := 0; k < n; k++ {
+			i := (r.next + k) % n
+			if r.up[i] {
+				r.next = (i + 1) % n
+				p := Pick{Route: r, Index: i, Addr: r.dests[i], Epoch: r.epoch}
+				r.mu.Unlock()
+				return p, nil
+			}
+		}
+	}
+	r.mu.Unlock()
+	if r.strategy == RoundRobinWithFallback {
+		if p, err := r.fallback.Pick(); err == nil {
+			return p, nil
+		}
+	}
+	return Pick{}, fmt.Errorf("route %s: %w", r.name, ErrNoDestination)
+}
+
+// SetUp records whether destination i is up and reports whether that
+// changed anything. Marking the primary down moves the primary; marking a
+// destination up never takes the primary away from a primary that is up.
+func (r *Route) SetUp(i int, up bool) bool {
+	r.mu.Lock()
+	if i < 0 || i >= len(r.dests) || r.up[i] == up {
+		r.mu.Unlock()
+		return false
+	}
+	r.up[i] = up
+	if !up && r.strategy == NextAvailable {
+		r.burned[i] = true
+	}
+	if r.hasPrimary() && (r.primary == i && !up || r.primary < 0 && up) {
+		r.setPrimary(r.firstUsable())
+	}
+	ws := r.watchers
+	r.mu.Unlock()
+	r.notify(ws)
+	return true
+}
+
+// Reset moves the primary to the first destination in list order that is
+// up, forgetting next-available's failed marks. It reports whether the
+// primary moved. On strategies without a primary it only restarts the
+// rotation.
+func (r *Route) Reset() bool {
+	r.mu.Lock()
+	moved := false
+	if r.hasPrimary() {
+		clear(r.burned)
+		p := r.firstUsable()
+		moved = p != r.primary
+		r.setPrimary(p)
+	} else {
+		r.next = 0
+	}
+	ws := r.watchers
+	r.mu.Unlock()
+	if moved {
+		r.notify(ws)
+	}
+	return moved
+}
+
+// firstUsable returns the first destination in list order that may be the
+// primary, or -1. r.mu must be held.
+func (r *Route) firstUsable() int {
+	for i, up := range r.up {
+		if up && !r.burned[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// setPrimary moves the primary to p. r.mu must be held.
+func (r *Route) setPrimary(p int) {
+	if p != r.primary {
+		r.primary = p
+		r.epoch++
+	}
+}
+
+// Primary returns the index of the current primary, or -1 when there is
+// none or the strategy has no primary.
+func (r *Route) Primary() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.primary
+}
+
+// Epoch returns the primary epoch: it changes every time the primary moves.
+func (r *Route) Epoch() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.epoch
+}
+
+// Current reports whether a session made for pick p may be kept: the
+// primary has not moved since p was made. It is always true for strategies
+// without a primary.
+func (r *Route) Current(p Pick) bool {
+	if !r.hasPrimary() {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return p.Epoch == r.epoch && p.Index == r.primary
+}
+
+// Available reports whether a new session could be routed now (including
+// through the fallback route).
+func (r *Route) Available() bool {
+	r.mu.Lock()
+	ok := false
+	if r.hasPrimary() {
+		ok = r.primary >= 0
+	} else {
+		for _, up := range r.up {
+			ok = ok || up
+		}
+	}
+	r.mu.Unlock()
+	if !ok && r.strategy == RoundRobinWithFallback {
+		return r.fallback.Available()
+	}
+	return ok
+}
+
+// DestinationState is one destination as seen by the route.
+type DestinationState struct {
+	Addr    string
+	Up      bool
+	Primary bool
+	Burned  bool // next-available: failed since the last reset
+}
+
+// State returns a snapshot of the destinations in list order.
+func (r *Route) State() []DestinationState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := make([]DestinationState, len(r.dests))
+	for i, a := range r.dests {
+		s[i] = DestinationState{Addr: a, Up: r.up[i], Primary: i == r.primary, Burned: r.burned[i]}
+	}
+	return s
+}
