@@ -1,0 +1,259 @@
+package routing
+
+import (
+	"errors"
+	"sync"
+	"testing"
+)
+
+var dests = []string{"a:1", "b:2", "c:3"}
+
+// op is one step of a scenario: mark a destination up or down, reset, or
+// expect the next picks.
+type op struct {
+	down, up int // index to mark, or -1
+	reset    bool
+	want     []string // addresses the next picks return, in order; "" = ErrNoDestination
+}
+
+func down(i int, want ...string) op { return op{down: i, up: -1, want: want} }
+func up(i int, want ...string) op   { return op{down: -1, up: i, want: want} }
+func reset(want ...string) op       { return op{down: -1, up: -1, reset: true, want: want} }
+func picks(want ...string) op       { return op{down: -1, up: -1, want: want} }
+
+func run(t *testing.T, r *Route, ops []op) {
+	t.Helper()
+	for n, o := range ops {
+		switch {
+		case o.down >= 0:
+			r.SetUp(o.down, false)
+		case o.up >= 0:
+			r.SetUp(o.up, true)
+		case o.reset:
+			r.Reset()
+		}
+		for k, w := range o.want {
+			p, err := r.Pick()
+			got := p.Addr
+			if err != nil {
+				if !errors.Is(err, ErrNoDestination) {
+					t.Fatalf("step %d pick %d: unexpected error %v", n, k, err)
+				}
+				got = ""
+			}
+			if got != w {
+				t.Fatalf("step %d pick %d: got %q, want %q", n, k, got, w)
+			}
+		}
+	}
+}
+
+func TestStrategies(t *testing.T) {
+	tests := []struct {
+		name     string
+		strategy Strategy
+		ops      []op
+	}{
+		{"first-available starts on the first", FirstAvailable, []op{picks("a:1", "a:1")}},
+		{"first-available fails over in list order", FirstAvailable, []op{
+			down(0, "b:2", "b:2"), down(1, "c:3")}},
+		{"first-available is sticky after recovery", FirstAvailable, []op{
+			down(0, "b:2"), up(0, "b:2", "b:2")}},
+		{"first-available does not move when a non-primary recovers", FirstAvailable, []op{
+			down(0, "b:2"), down(2, "b:2"), up(2, "b:2")}},
+		{"first-available reset moves back", FirstAvailable, []op{
+			down(0, "b:2"), up(0, "b:2"), reset("a:1")}},
+		{"first-available reset while first still down", FirstAvailable, []op{
+			down(0, "b:2"), down(1, "c:3"), up(1, "c:3"), reset("b:2")}},
+		{"first-available all down", FirstAvailable, []op{
+			down(0), down(1), down(2, "", "")}},
+		{"first-available recovery from all down takes the first that comes up", FirstAvailable, []op{
+			down(0), down(1), down(2, ""), up(2, "c:3"), up(0, "c:3"), reset("a:1")}},
+		{"first-available skips a down destination when the primary fails", FirstAvailable, []op{
+			down(1, "a:1"), down(0, "c:3")}},
+		{"next-available never reuses a failed destination", NextAvailable, []op{
+			down(0, "b:2"), up(0, "b:2"), down(1, "c:3"), up(1, "c:3"), down(2, "")}},
+		{"next-available exhausted stays down until reset", NextAvailable, []op{
+			down(0), down(1), down(2, ""), up(0, ""), up(1, ""), reset("a:1")}},
+		{"next-available reset while first down", NextAvailable, []op{
+			down(0, "b:2"), reset("b:2"), up(0, "b:2"), reset("a:1")}},
+		{"round-robin rotates", RoundRobin, []op{picks("a:1", "b:2", "c:3", "a:1")}},
+		{"round-robin skips down", RoundRobin, []op{
+			down(1, "a:1", "c:3", "a:1", "c:3")}},
+		{"round-robin takes recovered back", RoundRobin, []op{
+			down(1, "a:1", "c:3"), up(1, "a:1", "b:2", "c:3")}},
+		{"round-robin all down", RoundRobin, []op{down(0), down(1), down(2, "")}},
+		{"round-robin reset restarts rotation", RoundRobin, []op{picks("a:1"), reset("a:1", "b:2")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := New("r", tt.strategy, dests, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, r, tt.ops)
+		})
+	}
+}
+
+func TestFallback(t *testing.T) {
+	rw, err := New("rw", FirstAvailable, []string{"p:1", "q:2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := New("ro", RoundRobinWithFallback, []string{"r1:1", "r2:2"}, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, ro, []op{picks("r1:1", "r2:2"), down(0, "r2:2"), down(1, "p:1", "p:1")})
+	p, _ := ro.Pick()
+	if p.Route != rw || p.Index != 0 {
+		t.Fatalf("fallback pick = %+v, want route rw index 0", p)
+	}
+	rw.SetUp(0, false)
+	run(t, ro, []op{picks("q:2"), up(0, "r1:1")})
+	rw.SetUp(1, false)
+	ro.SetUp(0, false)
+	if ro.Available() {
+		t.Fatal("Available with no replica and no primary")
+	}
+	run(t, ro, []op{picks("")})
+
+	if _, err := New("x", RoundRobinWithFallback, dests, nil); err == nil {
+		t.Fatal("round-robin-with-fallback without a fallback route accepted")
+	}
+	if _, err := New("x", RoundRobinWithFallback, dests, ro); err == nil {
+		t.Fatal("round-robin-with-fallback to a round-robin route accepted")
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	if _, err := New("x", "random", dests, nil); err == nil {
+		t.Fatal("unknown strategy accepted")
+	}
+	if _, err := New("x", FirstAvailable, nil, nil); err == nil {
+		t.Fatal("empty destinations accepted")
+	}
+}
+
+func TestEpochAndCurrent(t *testing.T) {
+	r, _ := New("rw", FirstAvailable, dests, nil)
+	p, _ := r.Pick()
+	if !r.Current(p) {
+		t.Fatal("fresh pick not current")
+	}
+	r.SetUp(2, false) // not the primary: nothing moves
+	if !r.Current(p) {
+		t.Fatal("pick made stale by a change that did not move the primary")
+	}
+	r.SetUp(0, false)
+	if r.Current(p) {
+		t.Fatal("pick still current after the primary moved")
+	}
+	r.SetUp(0, true)
+	if r.Current(p) {
+		t.Fatal("pick current again after the old primary recovered (primary is sticky on b)")
+	}
+	if r.Reset(); r.Current(p) {
+		t.Fatal("a pick from an older epoch must stay stale even when the index matches again")
+	}
+}
+
+func TestWatch(t *testing.T) {
+	r, _ := New("rw", FirstAvailable, dests, nil)
+	var calls int
+	r.Watch(func() { calls++ })
+	r.SetUp(1, false) // change: up/down
+	r.SetUp(1, false) // no change
+	r.SetUp(0, false) // primary moves
+	if calls != 2 {
+		t.Fatalf("watch called %d times, want 2", calls)
+	}
+	r.Reset() // primary on b, a down: nothing moves
+	if calls != 2 {
+		t.Fatalf("watch called on a reset that moved nothing")
+	}
+	r.SetUp(0, true)
+	r.Reset()
+	if calls != 4 {
+		t.Fatalf("watch called %d times, want 4", calls)
+	}
+	if got := r.State(); !got[0].Primary || got[1].Up {
+		t.Fatalf("state = %+v", got)
+	}
+}
+
+// TestConcurrentPicks checks that concurrent picks and state changes never
+// return a destination that is not up at the moment of the pick under
+// first-available's sticky rule, and that round-robin spreads evenly.
+func TestConcurrentPicks(t *testing.T) {
+	r, _ := New("ro", RoundRobin, dests, nil)
+	const workers, each = 8, 300
+	counts := make([][3]int, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				p, err := r.Pick()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				counts[w][p.Index]++
+			}
+		}()
+	}
+	wg.Wait()
+	var total [3]int
+	for _, c := range counts {
+		for i := range c {
+			total[i] += c[i]
+		}
+	}
+	for i, n := range total {
+		if n != workers*each/3 {
+			t.Errorf("destination %d got %d picks, want %d (round-robin under concurrency)", i, n, workers*each/3)
+		}
+	}
+
+	rw, _ := New("rw", FirstAvailable, dests, nil)
+	var flip sync.WaitGroup
+	flip.Add(1)
+	go func() {
+		defer flip.Done()
+		for k := range 1000 {
+			rw.SetUp(k%3, k%2 == 0)
+		}
+	}()
+	for range 2000 {
+		if p, err := rw.Pick(); err == nil && (p.Index < 0 || p.Index > 2) {
+			t.Fatalf("bad pick %+v", p)
+		}
+	}
+	flip.Wait()
+	// Whatever happened, the primary must be up.
+	st := rw.State()
+	for _, d := range st {
+		if d.Primary && !d.Up {
+			t.Fatalf("primary %s is down: %+v", d.Addr, st)
+		}
+	}
+}
+
+func BenchmarkPick(b *testing.B) {
+	for _, s := range []Strategy{FirstAvailable, RoundRobin} {
+		b.Run(string(s), func(b *testing.B) {
+			r, _ := New("r", s, dests, nil)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := r.Pick(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
