@@ -1,13 +1,15 @@
 package conf
 
 import (
+	"net"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
 // Config is a whole hamr configuration file after defaults are applied and
-// validation has passed. Load returns it; nothing else constructs one outside
-// tests.
+// validation has passed. Load and Parse return it; nothing else constructs
+// one outside tests. docs/config.md describes every key.
 type Config struct {
 	File   string   // path the configuration was read from
 	Global Global   // [global]
@@ -22,7 +24,7 @@ type Config struct {
 type Global struct {
 	// DrainTimeout is how long SIGTERM waits for open sessions to end
 	// before closing them. Default 30s.
-	DrainTimeout time.Duration
+	DrainTimeout time.Duration // > 0
 }
 
 // Logger is the [logger] section.
@@ -33,9 +35,9 @@ type Logger struct {
 // Admin is the [admin] section: the HTTP endpoint for /metrics, /status and
 // operator commands.
 type Admin struct {
-	Address   string // host:port; default 127.0.0.1:8081; "" never (use "off" to disable)
-	Token     string // optional bearer token
-	TokenFile string // optional file holding the bearer token (trimmed)
+	Address   string // host:port; default 127.0.0.1:8081; "off" disables; "" never
+	Token     string // optional bearer token; not with TokenFile
+	TokenFile string // optional absolute path of a file holding the bearer token (trimmed); not with Token
 }
 
 // Health levels.
@@ -48,13 +50,13 @@ const (
 // Health is the [health] section, and the effective per-route health
 // settings after [routing.NAME.health] overrides are merged over it.
 type Health struct {
-	Interval time.Duration // default 500ms
-	Timeout  time.Duration // default 1s
-	Rise     int           // default 2
-	Fall     int           // default 2
+	Interval time.Duration // > 0; default 500ms
+	Timeout  time.Duration // > 0; default 1s
+	Rise     int           // passes to mark a destination up, >= 1; default 2
+	Fall     int           // failures to mark it down, >= 1; default 2
 	Level    string        // tcp | login | role; default login if User set, else tcp
-	User     string
-	Password string
+	User     string        // MySQL user for login and role; required by them
+	Password string        // default ""
 }
 
 // Route modes.
@@ -74,57 +76,61 @@ const (
 // Route is one [routing.NAME] section.
 type Route struct {
 	Name         string
-	BindAddress  string   // default 127.0.0.1
+	BindAddress  string   // IP literal in netip's canonical form; default 127.0.0.1
 	BindPort     int      // required, 1-65535
 	Mode         string   // read-write | read-only; required
-	Strategy     string   // default first-available (read-write) or round-robin (read-only)
-	Destinations []string // host:port, at least one, no duplicates
+	Strategy     string   // default first-available (read-write), round-robin (read-only), round-robin-with-fallback (read-only with Fallback)
+	Destinations []string // host:port as written (host an IP or hostname), at least one, no duplicates
 
-	ConnectTimeout        time.Duration // per dial attempt; default 1s
-	MaxConnections        int           // per route; default 512; 0 never after defaults
-	Fallback              string        // name of a read-write route; read-only routes only
-	MaxReplicationLag     time.Duration // 0 = not checked; needs health level role
-	CloseListenerWhenDown bool          // close the port while no destination is up
+	ConnectTimeout        time.Duration // per dial attempt, > 0; default 1s
+	MaxConnections        int           // per route, >= 1; default 512
+	Fallback              string        // name of a read-write route; read-only routes only; default none
+	MaxReplicationLag     time.Duration // read-only routes; needs health level role; default 0 = not checked
+	CloseListenerWhenDown bool          // close the port while no destination is up; default false
 
 	Health Health // effective: [health] with [routing.NAME.health] merged over it
 }
 
-// Addr is the route's listen address as host:port.
+// Addr is the route's listen address as host:port, with IPv6 addresses in
+// brackets.
 func (r *Route) Addr() string {
-	return netip.AddrPortFrom(netip.MustParseAddr(r.BindAddress), uint16(r.BindPort)).String()
+	return net.JoinHostPort(r.BindAddress, strconv.Itoa(r.BindPort))
 }
 
 // VRRP is one [vrrp.NAME] section: a keepalived vrrp_instance.
 type VRRP struct {
 	Name             string
-	Interface        string        // required
-	VirtualRouterID  int           // required, 1-255
-	Priority         int           // 1-255, default 100; 255 = address owner
-	AdvertInt        time.Duration // default 1s; v2: whole seconds; v3: multiple of 10ms, <= 40.95s
-	Version          int           // 2 or 3; default 3
-	AuthPass         string        // v2 only, simple PASS, 1-8 bytes
-	State            string        // initial hint, MASTER | BACKUP (keepalived compatibility); default BACKUP
-	Nopreempt        bool
-	PreemptDelay     time.Duration  // default 0
-	VirtualIPAddress []netip.Prefix // required; a bare address gets /32
-	UnicastSrcIP     netip.Addr     // optional; default the interface's first IPv4 address
-	UnicastPeers     []netip.Addr   // optional: send to each instead of 224.0.0.18
+	Interface        string         // required
+	VirtualRouterID  int            // required, 1-255
+	Priority         int            // 1-255, default 100; 255 = address owner
+	AdvertInt        time.Duration  // default 1s; v2: whole seconds 1-255s; v3: multiple of 10ms, 10ms-40.95s
+	Version          int            // 2 or 3; default 3
+	AuthPass         string         // v2 only, simple PASS, 1-8 bytes; default none
+	State            string         // initial hint, MASTER | BACKUP (keepalived compatibility); default BACKUP
+	Nopreempt        bool           // default false; never with State MASTER
+	PreemptDelay     time.Duration  // 0-1000s; default 0; never with Nopreempt
+	VirtualIPAddress []netip.Prefix // IPv4, required; a bare address gets /32; host bits kept
+	UnicastSrcIP     netip.Addr     // IPv4, optional; zero: the interface's first IPv4 address
+	UnicastPeers     []netip.Addr   // IPv4, optional: send to each instead of 224.0.0.18
 
-	// TrackRoutes maps a route name to a priority weight applied while that
-	// route has no healthy destination. Weight 0 puts the instance in Fault.
+	// TrackRoutes maps a route name to a priority weight (-253..253)
+	// applied while that route has no healthy destination. Weight 0 puts
+	// the instance in Fault. Every name is a route in Config.Routes.
+	// Default nil.
 	TrackRoutes    map[string]int
-	TrackInterface []string // link down -> Fault
+	TrackInterface []string // link down -> Fault; default none
 
-	GarpMasterRepeat  int           // default 5
+	GarpMasterRepeat  int           // 1-100; default 5
 	GarpMasterDelay   time.Duration // default 5s; 0 = no second burst
 	GarpMasterRefresh time.Duration // default 0 = off
 
-	// Notify scripts: a program and its arguments split on spaces, run
-	// without a shell.
+	// Notify scripts: an absolute program path and its arguments (a TOML
+	// string split on whitespace, or an array), run without a shell.
+	// nil when not set.
 	NotifyMaster  []string
 	NotifyBackup  []string
 	NotifyFault   []string
 	NotifyStop    []string
 	Notify        []string      // gets INSTANCE NAME STATE PRIORITY appended
-	NotifyTimeout time.Duration // default 10s
+	NotifyTimeout time.Duration // > 0; default 10s
 }

@@ -14,7 +14,8 @@
 //	if err != nil {
 //		return err
 //	}
-//	go health.OnChange(func(route string, up bool) { inst.SetRouteHealthy(route, up) })
+//	// from the health checker, for each tracked route:
+//	inst.SetRouteHealthy("basic_failover", false)
 //	err = inst.Run(ctx) // until ctx is cancelled; then resigns with priority 0
 //
 // The packet codec ([Advert], [Decode]) and the state machine are free of

@@ -1,0 +1,549 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/hamr-project/hamr/conf"
+	"github.com/hamr-project/hamr/health"
+	"github.com/hamr-project/hamr/proxy"
+	"github.com/hamr-project/hamr/routing"
+	"github.com/hamr-project/hamr/vip"
+)
+
+// daemon owns every running part of hamr: routes (routing + proxy + health
+// checkers), VRRP instances and the metrics registry. Its methods are the
+// operations of the admin API.
+type daemon struct {
+	log   *slog.Logger
+	level *slog.LevelVar
+	reg   *prometheus.Registry
+	pm    *proxy.Metrics
+	hm    *health.Metrics
+	vm    *vip.Metrics
+	m     *daemonMetrics
+
+	ctx    context.Context // lifetime of the daemon; cancelled by stop
+	cancel context.CancelFunc
+	fatal  chan error // a part that cannot go on (a VRRP instance that failed to start)
+
+	mu     sync.Mutex // serialises start, reload and stop
+	cfg    *conf.Config
+	routes map[string]*route
+	vrrps  map[string]*vrrpInst
+
+	// tracked is the VRRP instances as an immutable snapshot, read by
+	// route watchers without taking mu (they run inside health and proxy
+	// goroutines that reload may be waiting for).
+	tracked atomic.Pointer[[]*vrrpInst]
+
+	drains sync.WaitGroup // routes removed by a reload, still draining
+}
+
+// route is one [routing.NAME] section at work.
+type route struct {
+	name     string // immutable copies of cfg, read by watchers
+	readOnly bool
+	dests    []string
+	rt       *routing.Route
+	px       *proxy.Route
+	fallback *route      // the route rt falls back to, or nil
+	cfg      *conf.Route // guarded by daemon.mu
+
+	cancel context.CancelFunc // stops the checkers and the split-brain watch
+	wg     sync.WaitGroup
+
+	mu         sync.Mutex
+	checkers   []*health.Checker
+	primary    int // last primary seen by the watcher, for logging moves
+	splitBrain bool
+}
+
+type vrrpInst struct {
+	cfg    *conf.VRRP
+	in     *vip.Instance
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type daemonMetrics struct {
+	reloads        prometheus.Counter
+	reloadFailures prometheus.Counter
+	primary        *prometheus.GaugeVec
+	primaryMoves   *prometheus.CounterVec
+	writable       *prometheus.GaugeVec
+	splitBrain     *prometheus.CounterVec
+}
+
+func newDaemonMetrics(reg prometheus.Registerer) *daemonMetrics {
+	m := &daemonMetrics{
+		reloads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hamr_config_reloads_total", Help: "Configuration reloads that were applied."}),
+		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hamr_config_reload_failures_total", Help: "Configuration reloads rejected; the old configuration kept running."}),
+		primary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hamr_route_primary", Help: "1 for the current primary of a read-write route, 0 for its other destinations."},
+			[]string{"route", "destination"}),
+		primaryMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_primary_moves_total", Help: "Times the primary of a route moved (failover or reset)."},
+			[]string{"route"}),
+		writable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hamr_route_writable_destinations", Help: "Destinations of a read-write route reporting read_only OFF (role checks); above 1 is a split brain."},
+			[]string{"route"}),
+		splitBrain: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_split_brain_total", Help: "Times more than one destination of a read-write route became writable."},
+			[]string{"route"}),
+	}
+	reg.MustRegister(m.reloads, m.reloadFailures, m.primary, m.primaryMoves, m.writable, m.splitBrain)
+	return m
+}
+
+func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{
+		log:    log,
+		level:  level,
+		reg:    reg,
+		pm:     proxy.NewMetrics(reg),
+		hm:     health.NewMetrics(reg),
+		vm:     vip.NewMetrics(reg),
+		m:      newDaemonMetrics(reg),
+		ctx:    ctx,
+		cancel: cancel,
+		fatal:  make(chan error, 1),
+		routes: make(map[string]*route),
+		vrrps:  make(map[string]*vrrpInst),
+	}
+	empty := []*vrrpInst{}
+	d.tracked.Store(&empty)
+	return d
+}
+
+// start brings up everything cfg describes. On error, whatever was started
+// is stopped again.
+func (d *daemon) start(cfg *conf.Config) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.apply(cfg); err != nil {
+		d.stopLocked(context.Background())
+		return err
+	}
+	return nil
+}
+
+// reload reads the configuration file again and applies the difference.
+// An invalid file changes nothing.
+func (d *daemon) reload() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg, err := conf.Load(d.cfg.File)
+	if err != nil {
+		d.m.reloadFailures.Inc()
+		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
+		return err
+	}
+	if err := d.apply(cfg); err != nil {
+		d.m.reloadFailures.Inc()
+		d.log.Error("reload failed", "err", err)
+		return err
+	}
+	d.m.reloads.Inc()
+	d.log.Info("configuration reloaded", "file", cfg.File, "routes", len(cfg.Routes), "vrrp", len(cfg.VRRP))
+	return nil
+}
+
+// apply moves the running state to cfg: removed routes drain, changed ones
+// are replaced, unchanged ones keep their sessions and sticky primary.
+// d.mu must be held.
+func (d *daemon) apply(cfg *conf.Config) error {
+	d.level.Set(logLevel(cfg.Logger.Level))
+	if d.cfg != nil && d.cfg.Admin != cfg.Admin {
+		d.log.Warn("changes to [admin] take effect at the next restart")
+	}
+
+	want := make(map[string]*conf.Route, len(cfg.Routes))
+	for _, rc := range cfg.Routes {
+		want[rc.Name] = rc
+	}
+	// A route is kept when its settings (health aside) are the same and so
+	// is the route it falls back to, since routing.Route holds a pointer to
+	// its fallback.
+	keep := make(map[string]bool)
+	for name, r := range d.routes {
+		if rc, ok := want[name]; ok && sameRoute(r.cfg, rc) {
+			keep[name] = true
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for name := range keep {
+			if fb := want[name].Fallback; fb != "" && !keep[fb] {
+				delete(keep, name)
+				changed = true
+			}
+		}
+	}
+
+	// Stop what goes away first, so that a replaced route can bind its port.
+	for _, name := range slices.Sorted(maps.Keys(d.routes)) {
+		if !keep[name] {
+			d.removeRoute(name)
+		}
+	}
+	// Read-write routes first: read-only ones may fall back to them.
+	order := slices.Clone(cfg.Routes)
+	slices.SortStableFunc(order, func(a, b *conf.Route) int {
+		return boolInt(a.Fallback != "") - boolInt(b.Fallback != "")
+	})
+	var errs []error
+	for _, rc := range order {
+		if r, ok := d.routes[rc.Name]; ok {
+			if !reflect.DeepEqual(r.cfg.Health, rc.Health) {
+				d.restartChecks(r, rc)
+			}
+			continue
+		}
+		if err := d.addRoute(rc); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	wantV := make(map[string]*conf.VRRP, len(cfg.VRRP))
+	for _, vc := range cfg.VRRP {
+		wantV[vc.Name] = vc
+	}
+	for name, v := range d.vrrps {
+		if vc, ok := wantV[name]; !ok || !reflect.DeepEqual(v.cfg, vc) {
+			d.stopVRRP(name)
+		}
+	}
+	for _, vc := range cfg.VRRP {
+		if _, ok := d.vrrps[vc.Name]; ok {
+			continue
+		}
+		if err := d.startVRRP(vc); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.publishTracked()
+	d.cfg = cfg
+	return errors.Join(errs...)
+}
+
+// sameRoute reports whether two route sections differ only in health
+// settings, which can change without touching sessions.
+func sameRoute(a, b *conf.Route) bool {
+	x, y := *a, *b
+	x.Health, y.Health = conf.Health{}, conf.Health{}
+	return reflect.DeepEqual(x, y)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (d *daemon) addRoute(rc *conf.Route) error {
+	r := &route{name: rc.Name, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
+	var fallback *routing.Route
+	if rc.Fallback != "" {
+		fb, ok := d.routes[rc.Fallback]
+		if !ok {
+			return fmt.Errorf("route %s: fallback route %s is not running", rc.Name, rc.Fallback)
+		}
+		r.fallback, fallback = fb, fb.rt
+	}
+	rt, err := routing.New(rc.Name, routing.Strategy(rc.Strategy), rc.Destinations, fallback)
+	if err != nil {
+		return err
+	}
+	r.rt, r.primary = rt, rt.Primary()
+	r.px = proxy.New(proxy.Config{
+		Name:                  rc.Name,
+		Addr:                  rc.Addr(),
+		ReadWrite:             rc.Mode == conf.ModeReadWrite,
+		ConnectTimeout:        rc.ConnectTimeout,
+		MaxConnections:        rc.MaxConnections,
+		CloseListenerWhenDown: rc.CloseListenerWhenDown,
+	}, rt, proxy.Options{
+		Logger:      d.log,
+		Metrics:     d.pm,
+		OnDialError: r.dialFailed,
+	})
+	rt.Watch(func() { d.routeChanged(r) })
+	if err := r.px.Start(); err != nil {
+		return fmt.Errorf("route %s: %w", rc.Name, err)
+	}
+	d.startChecks(r, rc)
+	d.routes[rc.Name] = r
+	d.publishPrimary(r)
+	d.log.Info("route started", "route", rc.Name, "bind", rc.Addr(), "mode", rc.Mode,
+		"strategy", rc.Strategy, "destinations", rc.Destinations)
+	return nil
+}
+
+// startChecks starts one health checker per destination of r.
+func (d *daemon) startChecks(r *route, rc *conf.Route) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	r.cancel = cancel
+	checkers := make([]*health.Checker, len(rc.Destinations))
+	for i, addr := range rc.Destinations {
+		c := health.NewChecker(health.Config{
+			Addr:     addr,
+			Level:    rc.Health.Level,
+			User:     rc.Health.User,
+			Password: rc.Health.Password,
+			Interval: rc.Health.Interval,
+			Timeout:  rc.Health.Timeout,
+			Rise:     rc.Health.Rise,
+			Fall:     rc.Health.Fall,
+			Writer:   rc.Mode == conf.ModeReadWrite,
+			MaxLag:   rc.MaxReplicationLag,
+		}, health.Options{
+			Logger:   d.log,
+			Metrics:  d.hm,
+			Route:    rc.Name,
+			OnChange: func(up bool, _ health.Status) { r.rt.SetUp(i, up) },
+		})
+		checkers[i] = c
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			c.Run(ctx)
+		}()
+	}
+	r.mu.Lock()
+	r.checkers = checkers
+	r.mu.Unlock()
+	if rc.Mode == conf.ModeReadWrite && rc.Health.Level == conf.LevelRole {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			d.watchWriters(ctx, r, checkers, rc.Health.Interval)
+		}()
+	}
+}
+
+// restartChecks replaces r's checkers after a reload changed only its
+// health settings; sessions and the primary stay.
+func (d *daemon) restartChecks(r *route, rc *conf.Route) {
+	r.cancel()
+	r.wg.Wait()
+	r.cfg = rc
+	d.startChecks(r, rc)
+	d.log.Info("route health settings changed", "route", rc.Name, "level", rc.Health.Level)
+}
+
+// removeRoute stops r's listener and checkers and lets its sessions drain
+// in the background, up to the drain timeout.
+func (d *daemon) removeRoute(name string) {
+	r := d.routes[name]
+	delete(d.routes, name)
+	r.cancel()
+	timeout := d.cfg.Global.DrainTimeout
+	d.drains.Add(1)
+	go func() {
+		defer d.drains.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := r.px.Shutdown(ctx); err != nil {
+			d.log.Warn("route drained with sessions cut", "route", name, "err", err)
+		}
+		r.wg.Wait()
+		d.pm.DeleteRoute(name)
+		for _, addr := range r.dests {
+			d.hm.Delete(name, addr)
+			d.m.primary.DeleteLabelValues(name, addr)
+		}
+		d.m.writable.DeleteLabelValues(name)
+		d.log.Info("route removed", "route", name)
+	}()
+}
+
+// dialFailed passes a failed dial seen by the proxy to the checker of that
+// destination, which keeps it down until it passes rise checks.
+func (r *route) dialFailed(p routing.Pick, err error) {
+	owner := r
+	if p.Route != r.rt {
+		owner = r.fallback
+	}
+	if owner == nil {
+		return
+	}
+	owner.mu.Lock()
+	var c *health.Checker
+	if p.Index < len(owner.checkers) {
+		c = owner.checkers[p.Index]
+	}
+	owner.mu.Unlock()
+	if c != nil {
+		c.Fail(err)
+	}
+}
+
+// routeChanged runs after every state change of a route: it logs and
+// counts primary moves and updates VRRP tracking.
+func (d *daemon) routeChanged(r *route) {
+	p := r.rt.Primary()
+	r.mu.Lock()
+	old := r.primary
+	r.primary = p
+	r.mu.Unlock()
+	if old != p && !r.readOnly {
+		dests := r.dests
+		from, to := "none", "none"
+		if old >= 0 {
+			from = dests[old]
+		}
+		if p >= 0 {
+			to = dests[p]
+		}
+		if p < 0 {
+			d.log.Error("route has no primary: no destination is up", "route", r.name, "from", from)
+		} else {
+			d.log.Warn("primary moved", "route", r.name, "from", from, "to", to)
+		}
+		d.m.primaryMoves.WithLabelValues(r.name).Inc()
+		d.publishPrimary(r)
+	}
+	healthy := r.rt.Available()
+	for _, v := range *d.tracked.Load() {
+		if _, ok := v.cfg.TrackRoutes[r.name]; ok {
+			v.in.SetRouteHealthy(r.name, healthy)
+		}
+	}
+}
+
+func (d *daemon) publishPrimary(r *route) {
+	if r.readOnly {
+		return
+	}
+	p := r.rt.Primary()
+	for i, addr := range r.dests {
+		v := 0.0
+		if i == p {
+			v = 1
+		}
+		d.m.primary.WithLabelValues(r.name, addr).Set(v)
+	}
+}
+
+// watchWriters notices a split brain on the database side: two writable
+// destinations in one read-write route. It logs and counts it; the primary
+// stays where it is, so the router does not flap between writers.
+func (d *daemon) watchWriters(ctx context.Context, r *route, checkers []*health.Checker, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var writers []string
+		for i, c := range checkers {
+			if st := c.Status(); st.Up && !st.ReadOnly && st.Role == health.RolePrimary {
+				writers = append(writers, r.dests[i])
+			}
+		}
+		d.m.writable.WithLabelValues(r.name).Set(float64(len(writers)))
+		split := len(writers) > 1
+		r.mu.Lock()
+		was := r.splitBrain
+		r.splitBrain = split
+		r.mu.Unlock()
+		if split && !was {
+			d.m.splitBrain.WithLabelValues(r.name).Inc()
+			d.log.Error("split brain: more than one writable destination; the primary stays where it is",
+				"route", r.name, "writable", writers, "primary", r.dests[max(r.rt.Primary(), 0)])
+		} else if !split && was {
+			d.log.Info("split brain over: one writable destination", "route", r.name, "writable", writers)
+		}
+	}
+}
+
+func (d *daemon) startVRRP(vc *conf.VRRP) error {
+	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm})
+	if err != nil {
+		return fmt.Errorf("vrrp %s: %w", vc.Name, err)
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	v := &vrrpInst{cfg: vc, in: in, cancel: cancel, done: make(chan struct{})}
+	for name := range vc.TrackRoutes {
+		if r, ok := d.routes[name]; ok {
+			in.SetRouteHealthy(name, r.rt.Available())
+		} else {
+			in.SetRouteHealthy(name, false)
+		}
+	}
+	go func() {
+		defer close(v.done)
+		if err := in.Run(ctx); err != nil {
+			select {
+			case d.fatal <- fmt.Errorf("vrrp %s: %w", vc.Name, err):
+			default:
+			}
+		}
+	}()
+	d.vrrps[vc.Name] = v
+	return nil
+}
+
+// stopVRRP resigns an instance (priority 0 advert, VIPs removed) and waits.
+func (d *daemon) stopVRRP(name string) {
+	v := d.vrrps[name]
+	delete(d.vrrps, name)
+	v.cancel()
+	<-v.done
+}
+
+func (d *daemon) publishTracked() {
+	list := slices.Collect(maps.Values(d.vrrps))
+	d.tracked.Store(&list)
+}
+
+// stop shuts everything down in stages: VRRP resigns first so the peer
+// takes the VIP at once, then listeners close and sessions drain until ctx
+// is done, then checkers stop.
+func (d *daemon) stop(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopLocked(ctx)
+}
+
+func (d *daemon) stopLocked(ctx context.Context) {
+	for name := range d.vrrps {
+		d.stopVRRP(name)
+	}
+	var wg sync.WaitGroup
+	for _, r := range d.routes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.px.Shutdown(ctx); err != nil {
+				d.log.Warn("drain deadline reached; remaining sessions closed", "route", r.name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	d.cancel()
+	for _, r := range d.routes {
+		r.wg.Wait()
+	}
+	d.drains.Wait()
+}

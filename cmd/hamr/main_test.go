@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(good, []byte(`
+[routing.rw]
+bind_port = 7001
+mode = "read-write"
+destinations = ["127.0.0.1:3306"]
+`), 0o644)
+	os.WriteFile(bad, []byte(`
+[routing.rw]
+bind_port = 70000
+mode = "read-write"
+destinations = ["127.0.0.1:3306"]
+
+[routing.ro]
+bind_port = 7002
+mode = "read-only"
+destinatons = ["127.0.0.1:3307"]
+`), 0o644)
+
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-c", good}, &out, &errb); code != 0 {
+		t.Fatalf("check good: exit %d, stderr %s", code, errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"check", "-c", bad}, &out, &errb); code != 1 {
+		t.Fatalf("check bad: exit %d, want 1", code)
+	}
+	got := errb.String()
+	for _, want := range []string{
+		bad + ":3: routing.rw.bind_port: 70000",
+		bad + ":10: routing.ro.destinatons",
+		"did you mean",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("check output lacks %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "unknown command") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	if code := run([]string{"ctl", "status"}, &out, &errb); code != 2 {
+		t.Fatalf("ctl without -c or --admin: exit %d, want 2", code)
+	}
+	out.Reset()
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "hamr ") {
+		t.Fatalf("version: exit %d, %q", code, out.String())
+	}
+}
+
+func TestPrintStatus(t *testing.T) {
+	lag := 3.0
+	st := Status{Routes: []RouteStatus{
+		{Name: "rw", Bind: "127.0.0.1:7001", Mode: "read-write", Strategy: "first-available", Listening: true,
+			Primary: "127.0.0.1:3307", Destinations: []DestStatus{
+				{Address: "127.0.0.1:3306", Up: false, Reason: "dial: connection refused"},
+				{Address: "127.0.0.1:3307", Up: true, Role: "primary", Sessions: 4, Primary: true},
+			}},
+		{Name: "ro", Bind: "127.0.0.1:7002", Mode: "read-only", Strategy: "round-robin", Listening: false,
+			Destinations: []DestStatus{{Address: "127.0.0.1:3308", Up: true, Role: "replica", LagSeconds: &lag}}},
+	}, VRRP: []VRRPStatus{{Name: "VI_1", Interface: "eth1", VRID: 51, Version: 3, State: "MASTER",
+		Priority: 120, EffectivePriority: 90, VIPs: []string{"10.0.0.1/24"}}}}
+	var b bytes.Buffer
+	printStatus(&b, st)
+	got := b.String()
+	for _, want := range []string{
+		"route rw: primary 127.0.0.1:3307",
+		"route rw: 127.0.0.1:3306 down: dial: connection refused",
+		"127.0.0.1:7002 (closed)",
+		"3s",
+		"MASTER",
+		"120 (effective 90)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("status table lacks %q:\n%s", want, got)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hamr-project/hamr/conf"
+)
+
+func logLevel(s string) slog.Level {
+	switch s {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// cmdRun is `hamr run`: start everything, then serve until SIGTERM or
+// SIGINT, reloading on SIGHUP.
+func cmdRun(args []string, stderr io.Writer) int {
+	file, ok := configFlag("run", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := conf.Load(file)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	level := new(slog.LevelVar)
+	level.Set(logLevel(cfg.Logger.Level))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	// Signals are caught before anything starts so that none is lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	d := newDaemon(log, level)
+	if err := d.start(cfg); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	admin, err := d.serveAdmin(cfg.Admin)
+	if err != nil {
+		log.Error("cannot start the admin endpoint", "err", err)
+		d.stop(context.Background())
+		return 1
+	}
+	log.Info("hamr ready", "version", version, "config", file, "routes", len(cfg.Routes),
+		"vrrp", len(cfg.VRRP), "admin", cfg.Admin.Address)
+
+	code := 0
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				_ = d.reload() // logged; the old configuration keeps running
+				continue
+			}
+			log.Info("shutting down: stop accepting, drain sessions", "signal", sig.String(),
+				"drain_timeout", d.drainTimeout())
+			break loop
+		case err := <-d.fatal:
+			log.Error("stopping", "err", err)
+			code = 1
+			break loop
+		}
+	}
+
+	// A second signal cuts the drain short.
+	ctx, cancel := context.WithTimeout(context.Background(), d.drainTimeout())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			log.Warn("second signal: closing remaining sessions now")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	d.stop(ctx)
+	if admin != nil {
+		shut, done := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = admin.Shutdown(shut)
+		done()
+	}
+	log.Info("hamr stopped")
+	return code
+}
+
+func (d *daemon) drainTimeout() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.Global.DrainTimeout
+}
+
+// serveAdmin starts the admin HTTP server, or returns nil when it is off.
+func (d *daemon) serveAdmin(a conf.Admin) (*http.Server, error) {
+	if a.Address == "off" {
+		return nil, nil
+	}
+	token, err := adminToken(a)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", a.Address)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           d.adminHandler(token),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+// adminToken returns the bearer token from the config or its file.
+func adminToken(a conf.Admin) (string, error) {
+	if a.TokenFile == "" {
+		return a.Token, nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("admin.token_file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}

@@ -1,0 +1,363 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+)
+
+// MySQL error codes the role check handles.
+const (
+	erParseError            = 1064 // SHOW REPLICA STATUS before MySQL 8.0.22 / MariaDB 10.5.1
+	erUnknownSystemVariable = 1193 // @@super_read_only on MariaDB
+)
+
+// Replica_IO_Running and Replica_SQL_Running values.
+const (
+	threadRunning = "Yes"
+	threadStopped = "No"
+)
+
+// Role check queries.
+const (
+	queryReadOnly            = "SELECT @@global.read_only"
+	querySuperReadOnly       = "SELECT @@global.super_read_only"
+	queryReplicaStatus       = "SHOW REPLICA STATUS"
+	queryReplicaStatusLegacy = "SHOW SLAVE STATUS"
+)
+
+// result is the outcome of one check.
+type result struct {
+	ok       bool
+	class    string // metric reason label: classOK, classDial, …
+	reason   string // Status.Reason
+	role     Role
+	readOnly bool
+	lag      time.Duration
+	lagKnown bool
+}
+
+func failed(class, reason string) result {
+	return result{class: class, reason: reason, role: RoleUnknown}
+}
+
+// past is a deadline that has passed, to abort blocked I/O.
+var past = time.Unix(1, 0)
+
+// check runs one check of c.cfg.Level, bounded by c.cfg.Timeout and ctx.
+// It closes every connection it opens before it returns.
+func (c *Checker) check(parent context.Context) result {
+	if c.err != nil {
+		return failed(classConfig, "config: "+c.err.Error())
+	}
+	ctx, cancel := context.WithTimeout(parent, c.cfg.Timeout)
+	defer cancel()
+
+	var (
+		conn net.Conn
+		stop func() bool
+	)
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+		if conn != nil {
+			conn.Close() // after Quit too: Quit does not close when COM_QUIT fails
+		}
+	}()
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := c.dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		conn = nc
+		if d, ok := ctx.Deadline(); ok {
+			if err := nc.SetDeadline(d); err != nil {
+				return nil, fmt.Errorf("set deadline: %w", err)
+			}
+		}
+		// Run's ctx may end before the deadline: abort blocked I/O then.
+		stop = context.AfterFunc(ctx, func() { nc.SetDeadline(past) })
+		return nc, nil
+	}
+
+	r := c.probe(ctx, dial)
+	switch r.class {
+	case classDial, classLogin, classQuery:
+		// The I/O deadline can fire a moment before ctx's timer does.
+		if d, _ := ctx.Deadline(); !time.Now().Before(d) && parent.Err() == nil {
+			r.reason = fmt.Sprintf("%s: timeout after %v", r.class, c.cfg.Timeout)
+			r.class = classTimeout
+		}
+	}
+	return r
+}
+
+func (c *Checker) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.opts.Dial != nil {
+		return c.opts.Dial(ctx, network, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// probe talks to the destination at c.cfg.Level, opening its connection
+// with dial.
+func (c *Checker) probe(ctx context.Context, dial client.Dialer) result {
+	if c.cfg.Level == LevelTCP {
+		nc, err := dial(ctx, "tcp", c.cfg.Addr)
+		if err != nil {
+			return failed(classDial, "dial: "+describe(err))
+		}
+		if err := nc.Close(); err != nil {
+			return failed(classDial, "close: "+describe(err))
+		}
+		return result{ok: true, class: classOK, reason: "ok", role: RoleUnknown}
+	}
+
+	dialed := false
+	mc, err := connect(ctx, c.cfg, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		dialed = err == nil
+		return nc, err
+	})
+	if err != nil {
+		if !dialed {
+			return failed(classDial, "dial: "+describe(err))
+		}
+		return failed(classLogin, "login: "+describe(err))
+	}
+
+	r := result{ok: true, class: classOK, reason: "ok", role: RoleUnknown}
+	if c.cfg.Level == LevelRole {
+		r = c.role(mc)
+	}
+	// COM_QUIT: the server then counts neither an aborted connect nor an
+	// aborted client.
+	if err := mc.Close(); err != nil && r.ok {
+		return failed(classLogin, "login: quit: "+describe(err))
+	}
+	return r
+}
+
+// errClientPanic reports a panic of go-mysql's client during a handshake.
+var errClientPanic = errors.New("mysql client panic")
+
+// connect logs in to cfg.Addr with go-mysql's client. The client panics on
+// some malformed server answers (a caching_sha2_password public key that is
+// not PEM, as sent by a server without RSA keys); a destination must not be
+// able to crash the router, so connect turns that into an error.
+func connect(ctx context.Context, cfg Config, dial client.Dialer) (mc *client.Conn, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			mc, err = nil, fmt.Errorf("%w: %v", errClientPanic, p)
+		}
+	}()
+	return client.ConnectWithDialer(ctx, "tcp", cfg.Addr, cfg.User, cfg.Password, "", dial)
+}
+
+// replica is one row of SHOW REPLICA STATUS.
+type replica struct {
+	io, sql  string // Replica_IO_Running, Replica_SQL_Running: Yes, No, Connecting, …
+	lag      time.Duration
+	lagKnown bool
+}
+
+// role reads read_only and the replication state and judges them.
+func (c *Checker) role(mc *client.Conn) result {
+	ro, err := queryBool(mc, queryReadOnly)
+	if err != nil {
+		return failed(classQuery, "query: read_only: "+describe(err))
+	}
+	sro, err := queryBool(mc, querySuperReadOnly)
+	var me *mysql.MyError
+	if errors.As(err, &me) && me.Code == erUnknownSystemVariable {
+		err = nil // MariaDB has no super_read_only
+	}
+	if err != nil {
+		return failed(classQuery, "query: super_read_only: "+describe(err))
+	}
+
+	if c.cfg.Writer {
+		if ro || sro {
+			r := failed(classReadOnly, "read_only is ON")
+			if !ro {
+				r.reason = "super_read_only is ON"
+			}
+			r.readOnly = true
+			// The role is for people; a writer does not need it, nor
+			// the privilege to read it.
+			if reps, err := replicas(mc); err == nil {
+				r.role, r.lag, r.lagKnown = judgeRole(true, reps)
+			}
+			return r
+		}
+		return result{ok: true, class: classOK, reason: "ok", role: RolePrimary}
+	}
+
+	reps, err := replicas(mc)
+	if err != nil {
+		return failed(classQuery, "query: replication status: "+describe(err))
+	}
+	return judgeReader(ro || sro, reps, c.cfg.MaxLag)
+}
+
+// judgeRole names the role of a server and its replication lag.
+func judgeRole(readOnly bool, reps []replica) (role Role, lag time.Duration, known bool) {
+	switch {
+	case !readOnly:
+		role = RolePrimary
+	case len(reps) > 0:
+		role = RoleReplica
+	default:
+		role = RoleReadOnly
+	}
+	if len(reps) == 0 {
+		return role, 0, false
+	}
+	known = true
+	for _, r := range reps {
+		lag = max(lag, r.lag)
+		known = known && r.lagKnown
+	}
+	return role, lag, known
+}
+
+// judgeReader decides whether a destination may take reads: a server
+// without replication is up; a replica is up while both its threads run and,
+// when maxLag > 0, its lag is known and at most maxLag.
+func judgeReader(readOnly bool, reps []replica, maxLag time.Duration) result {
+	r := result{ok: true, class: classOK, reason: "ok", readOnly: readOnly}
+	r.role, r.lag, r.lagKnown = judgeRole(readOnly, reps)
+	for _, rep := range reps {
+		var bad []string
+		if rep.io != threadRunning {
+			bad = append(bad, "IO thread "+threadState(rep.io))
+		}
+		if rep.sql != threadRunning {
+			bad = append(bad, "SQL thread "+threadState(rep.sql))
+		}
+		if len(bad) > 0 {
+			r.ok, r.class = false, classReplication
+			r.reason = "replication " + strings.Join(bad, ", ")
+			return r
+		}
+	}
+	switch {
+	case len(reps) == 0 || maxLag <= 0:
+	case !r.lagKnown:
+		r.ok, r.class = false, classLag
+		r.reason = "lag unknown (Seconds_Behind_Master is NULL)"
+	case r.lag > maxLag:
+		r.ok, r.class = false, classLag
+		r.reason = fmt.Sprintf("lag %v > %v", r.lag, maxLag)
+	}
+	return r
+}
+
+func threadState(s string) string {
+	switch s {
+	case threadStopped:
+		return "stopped"
+	case "":
+		return "state unknown"
+	}
+	return strings.ToLower(s)
+}
+
+// queryBool runs a query returning one integer and reports whether it is
+// non-zero.
+func queryBool(mc *client.Conn, q string) (bool, error) {
+	res, err := mc.Execute(q)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", q, err)
+	}
+	defer res.Close()
+	if res.Resultset == nil || res.RowNumber() != 1 {
+		return false, fmt.Errorf("%s: want one row", q)
+	}
+	v, err := res.GetInt(0, 0)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", q, err)
+	}
+	return v != 0, nil
+}
+
+// replicas runs SHOW REPLICA STATUS, or SHOW SLAVE STATUS on servers that
+// predate it, and returns one replica per replication channel.
+func replicas(mc *client.Conn) ([]replica, error) {
+	res, err := mc.Execute(queryReplicaStatus)
+	var me *mysql.MyError
+	if errors.As(err, &me) && me.Code == erParseError {
+		res, err = mc.Execute(queryReplicaStatusLegacy)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	if res.Resultset == nil {
+		return nil, nil
+	}
+	var reps []replica
+	for i := range res.RowNumber() {
+		var rep replica
+		if rep.io, err = column(res, i, "Replica_IO_Running", "Slave_IO_Running"); err != nil {
+			return nil, err
+		}
+		if rep.sql, err = column(res, i, "Replica_SQL_Running", "Slave_SQL_Running"); err != nil {
+			return nil, err
+		}
+		name := "Seconds_Behind_Source"
+		if _, err := res.NameIndex(name); err != nil {
+			name = "Seconds_Behind_Master"
+		}
+		null, err := res.IsNullByName(i, name)
+		if err != nil {
+			return nil, fmt.Errorf("column %s: %w", name, err)
+		}
+		if !null {
+			s, err := res.GetIntByName(i, name)
+			if err != nil {
+				return nil, fmt.Errorf("column %s: %w", name, err)
+			}
+			rep.lag, rep.lagKnown = time.Duration(s)*time.Second, true
+		}
+		reps = append(reps, rep)
+	}
+	return reps, nil
+}
+
+// column returns the string in row i of the first of names present in res.
+func column(res *mysql.Result, i int, names ...string) (string, error) {
+	for _, n := range names {
+		if _, err := res.NameIndex(n); err == nil {
+			return res.GetStringByName(i, n)
+		}
+	}
+	return "", fmt.Errorf("no column %s", names[0])
+}
+
+// describe returns err's text without the wrappers' prefixes: the server's
+// "ERROR 1045 (28000): …", or the system call's "connection refused".
+func describe(err error) string {
+	var me *mysql.MyError
+	if errors.As(err, &me) {
+		return me.Error()
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return dns.Error()
+	}
+	return err.Error()
+}

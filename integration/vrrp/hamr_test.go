@@ -1,0 +1,171 @@
+package vrrp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hamrBin is hamr built once by TestMain; hamrErr says why it is missing.
+var (
+	hamrBin string
+	hamrErr error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hvr-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	hamrBin, hamrErr = buildHamr(dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildHamr builds ./cmd/hamr of this module into dir.
+func buildHamr(dir string) (string, error) {
+	// World-readable, so the capability test can run it as another user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		goBin = "go"
+	}
+	bin := filepath.Join(dir, "hamr")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/hamr")
+	cmd.Dir = filepath.Join("..", "..")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/hamr: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// requireHamr fails the test when hamr could not be built.
+func requireHamr(t testing.TB) {
+	t.Helper()
+	if hamrErr != nil {
+		t.Fatalf("hamr is needed: %v", hamrErr)
+	}
+}
+
+const adminAddr = "127.0.0.1:8081" // on each namespace's own loopback
+
+// hamrConf is the TOML for one router: VI_1 and a read-write route on
+// VIP:7001 to the responder on the host's loopback.
+func hamrConf(h *host, c routerConf) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
+	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, c.priority)
+	fmt.Fprintf(&b, "advert_int = %q\nversion = %d\n", c.advert, c.version)
+	if c.version == 2 {
+		fmt.Fprintf(&b, "auth_pass = %q\n", authPass)
+	}
+	if c.nopreempt {
+		b.WriteString("nopreempt = true\n")
+	}
+	if len(c.unicast) > 0 {
+		fmt.Fprintf(&b, "unicast_peers = [\"%s\"]\n", strings.Join(c.unicast, `", "`))
+	}
+	fmt.Fprintf(&b, "virtual_ipaddress = [%q]\n\n", vipPrefix)
+	fmt.Fprintf(&b, "[routing.rw]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n",
+		vipAddr, vipPort, backendAdr)
+	return b.String()
+}
+
+// writeHamrConf writes a config for h into the lab directory.
+func (l *lab) writeHamrConf(h *host, name string, c routerConf) string {
+	l.t.Helper()
+	path := filepath.Join(l.dir, name+".toml")
+	if err := os.WriteFile(path, []byte(hamrConf(h, c.withDefaults())), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	return path
+}
+
+// startHamr runs `hamr run` on h with VI_1 configured from c. The
+// responder behind its route must already be running (see withBackends).
+func (l *lab) startHamr(h *host, c routerConf) *router {
+	l.t.Helper()
+	requireHamr(l.t)
+	name := fmt.Sprintf("hamr-%s-%d", h.id, labSeq.Add(1))
+	conf := l.writeHamrConf(h, name, c)
+	r := l.start("hamr", h, name, hamrBin, "run", "-c", conf)
+	r.admin = adminAddr
+	return r
+}
+
+// withBackends starts the responders hamr's routes forward to.
+func (l *lab) withBackends() {
+	l.r1.respond(l.t, backendAdr)
+	l.r2.respond(l.t, backendAdr)
+}
+
+// vrrpStatus is one element of the "vrrp" array of GET /status.
+type vrrpStatus struct {
+	Name              string   `json:"name"`
+	Interface         string   `json:"interface"`
+	VRID              int      `json:"vrid"`
+	Version           int      `json:"version"`
+	State             string   `json:"state"`
+	Priority          int      `json:"priority"`
+	EffectivePriority int      `json:"effective_priority"`
+	Master            string   `json:"master"`
+	VIPs              []string `json:"vips"`
+	Transitions       int      `json:"transitions"`
+}
+
+// status fetches VI_1's status from hamr's admin endpoint.
+func (r *router) status() (vrrpStatus, error) {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return r.h.dial(ctx, addr, time.Second)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	client := http.Client{Transport: tr, Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + r.admin + "/status")
+	if err != nil {
+		return vrrpStatus{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return vrrpStatus{}, fmt.Errorf("GET /status: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return vrrpStatus{}, fmt.Errorf("GET /status: %s: %s", resp.Status, body)
+	}
+	var st struct {
+		VRRP []vrrpStatus `json:"vrrp"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return vrrpStatus{}, fmt.Errorf("GET /status: %w", err)
+	}
+	for _, v := range st.VRRP {
+		if v.Name == "VI_1" {
+			return v, nil
+		}
+	}
+	return vrrpStatus{}, fmt.Errorf("GET /status: no VI_1 in %s", body)
+}
+
+func (r *router) hamrState() (string, error) {
+	st, err := r.status()
+	return st.State, err
+}

@@ -1,0 +1,69 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hamr-project/hamr/routing"
+)
+
+// BenchmarkCopy measures one session's throughput through the proxy on
+// loopback: the client writes 1 MiB per iteration, the backend discards.
+func BenchmarkCopy(b *testing.B) {
+	const chunk = 1 << 20
+	got := make(chan int64, 1)
+	be := newBackend(b, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		got <- n
+	})
+	rt := newRouting(b, routing.FirstAvailable, be.addr())
+	p := startRoute(b, Config{}, rt, Options{})
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, chunk)
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	select {
+	case n := <-got: // wait for the last byte to arrive
+		if want := int64(b.N) * chunk; n != want {
+			b.Fatalf("backend got %d bytes, want %d", n, want)
+		}
+	case <-time.After(time.Minute):
+		b.Fatal("backend did not see EOF")
+	}
+}
+
+// BenchmarkConnect measures new sessions per second: connect through the
+// proxy, echo one byte, close.
+func BenchmarkConnect(b *testing.B) {
+	be := newBackend(b, echo)
+	rt := newRouting(b, routing.FirstAvailable, be.addr())
+	p := startRoute(b, Config{}, rt, Options{})
+	addr := p.Addr()
+	one := []byte{1}
+	for b.Loop() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(one); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
+}

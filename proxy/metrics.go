@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the proxy's Prometheus collectors. One Metrics serves every
+// route of a daemon; series are labelled by route and destination.
+type Metrics struct {
+	active   *prometheus.GaugeVec
+	total    *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	dialErrs *prometheus.CounterVec
+	refusals *prometheus.CounterVec
+}
+
+// NewMetrics creates the proxy's collectors and registers them on reg. A
+// collector already registered on reg (a second NewMetrics on the same
+// registry) is reused rather than an error. reg may be nil: the collectors
+// then work but are exported nowhere.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	dest := []string{"route", "destination"}
+	m := &Metrics{
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hamr_route_sessions_active",
+			Help: "Sessions open between clients and a destination.",
+		}, dest),
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_sessions_total",
+			Help: "Sessions established to a destination.",
+		}, dest),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_bytes_total",
+			Help: "Bytes copied, counted when each direction of a session ends.",
+		}, []string{"route", "destination", "direction"}),
+		dialErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_dial_errors_total",
+			Help: "Failed dials to a destination (each marks it down).",
+		}, dest),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_refusals_total",
+			Help: "Clients refused with a MySQL error packet, by reason.",
+		}, []string{"route", "reason"}),
+	}
+	if reg != nil {
+		m.active = register(reg, m.active)
+		m.total = register(reg, m.total)
+		m.bytes = register(reg, m.bytes)
+		m.dialErrs = register(reg, m.dialErrs)
+		m.refusals = register(reg, m.refusals)
+	}
+	return m
+}
+
+// register registers c on reg, or returns the equal collector already there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if old, ok := are.ExistingCollector.(C); ok {
+			return old
+		}
+	}
+	// Any other error means a different collector with the same name:
+	// keep ours working, unexported, rather than panic.
+	return c
+}
+
+// DeleteRoute removes every series of the named route. Call it when a
+// reload removes or replaces a route, after the old Route's Shutdown has
+// returned and before New for its replacement.
+func (m *Metrics) DeleteRoute(name string) {
+	l := prometheus.Labels{"route": name}
+	m.active.DeletePartialMatch(l)
+	m.total.DeletePartialMatch(l)
+	m.bytes.DeletePartialMatch(l)
+	m.dialErrs.DeletePartialMatch(l)
+	m.refusals.DeletePartialMatch(l)
+}
+
+// Refusal reasons (label values of hamr_route_refusals_total).
+const (
+	reasonMaxConns = "max_connections"
+	reasonNoDest   = "no_destination"
+)
+
+// dest is one destination as the proxy sees it: its sessions and its
+// metric children, resolved once so the session path does no label lookups.
+type dest struct {
+	addr     string
+	sessions map[*session]struct{} // guarded by Route.mu
+
+	active   prometheus.Gauge
+	total    prometheus.Counter
+	c2s, s2c prometheus.Counter
+	dialErrs prometheus.Counter
+}
+
+func (m *Metrics) dest(route, addr string) *dest {
+	return &dest{
+		addr:     addr,
+		sessions: make(map[*session]struct{}),
+		active:   m.active.WithLabelValues(route, addr),
+		total:    m.total.WithLabelValues(route, addr),
+		c2s:      m.bytes.WithLabelValues(route, addr, "client_to_server"),
+		s2c:      m.bytes.WithLabelValues(route, addr, "server_to_client"),
+		dialErrs: m.dialErrs.WithLabelValues(route, addr),
+	}
+}

@@ -1,0 +1,387 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/hamr-project/hamr/routing"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is one route's listener and limits.
+type Config struct {
+	Name string // route name, used in metric labels, logs and ERR packets
+	Addr string // host:port to bind; port 0 picks a port, kept across re-binds
+
+	// ReadWrite closes every session not on the current primary whenever
+	// the primary moves. It only has an effect on routes with a primary
+	// (first-available, next-available).
+	ReadWrite bool
+
+	ConnectTimeout time.Duration // per dial attempt; must be > 0
+	MaxConnections int           // client connections served at once; must be > 0
+
+	// CloseListenerWhenDown closes the listening socket while no
+	// destination is available and binds it again when one is.
+	CloseListenerWhenDown bool
+}
+
+// Options are a Route's collaborators. The zero value is usable.
+type Options struct {
+	Logger  *slog.Logger // nil discards logs
+	Metrics *Metrics     // nil: counted but exported nowhere
+
+	// Dial connects to a destination. It must honour ctx and return a
+	// *net.TCPConn (anything else is closed and counted as a failed dial).
+	// nil uses a net.Dialer with TCP keepalive (Go's default, 15 s).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// OnDialError, if set, is called after a failed dial, once the proxy
+	// itself has marked the destination down with p.Route.SetUp(p.Index,
+	// false). It runs on the client's goroutine: keep it short.
+	OnDialError func(p routing.Pick, err error)
+
+	// Listen opens the listening socket. nil binds with IP_FREEBIND. Tests
+	// inject listeners that fail on demand.
+	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
+}
+
+// Route serves one route: it accepts clients on Config.Addr and connects
+// each to a destination of a routing.Route.
+type Route struct {
+	cfg         Config
+	rt          *routing.Route
+	fb          *routing.Route // rt's fallback route, or nil
+	log         *slog.Logger
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	listen      func(ctx context.Context, network, addr string) (net.Listener, error)
+	onDialError func(routing.Pick, error)
+
+	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
+	dests     []*dest // rt's destinations, by index
+	fbDests   []*dest // fb's destinations, by index
+	attempts  int     // dial attempts per client
+
+	refusedMax, refusedNoDest prometheus.Counter
+	errTooMany, errNoDest     []byte // ERR packets
+
+	ctx     context.Context    // cancelled when Shutdown stops waiting
+	cancel  context.CancelFunc //
+	stop    chan struct{}      // closed when Shutdown starts
+	kick    chan struct{}      // availability may have changed
+	wg      sync.WaitGroup     // every goroutine the Route starts
+	clients atomic.Int64       // client connections being served
+
+	mu       sync.Mutex
+	ln       net.Listener // nil while not listening
+	addr     string       // bound address, reused when re-binding
+	started  bool
+	stopping bool // Shutdown has begun: no new listener
+	closing  bool // Shutdown's ctx is done: no new session
+}
+
+// New returns a Route that will serve rt according to cfg. Nothing happens
+// until Start; the configuration is checked there.
+func New(cfg Config, rt *routing.Route, opts Options) *Route {
+	r := &Route{
+		cfg:         cfg,
+		rt:          rt,
+		log:         opts.Logger,
+		dial:        opts.Dial,
+		listen:      opts.Listen,
+		onDialError: opts.OnDialError,
+		stop:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		addr:        cfg.Addr,
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.log = r.log.With("route", cfg.Name)
+	if r.dial == nil {
+		r.dial = (&net.Dialer{}).DialContext
+	}
+	if r.listen == nil {
+		r.listen = listen
+	}
+	m := opts.Metrics
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	r.refusedMax = m.refusals.WithLabelValues(cfg.Name, reasonMaxConns)
+	r.refusedNoDest = m.refusals.WithLabelValues(cfg.Name, reasonNoDest)
+	r.errTooMany = errPacket(mysql.ER_CON_COUNT_ERROR, "Too many connections")
+	r.errNoDest = errPacket(mysql.ER_UNKNOWN_ERROR, "hamr: no destination available for route "+cfg.Name)
+	if rt == nil {
+		return r
+	}
+	s := rt.Strategy()
+	r.rwPrimary = cfg.ReadWrite && (s == routing.FirstAvailable || s == routing.NextAvailable)
+	for _, a := range rt.Destinations() {
+		r.dests = append(r.dests, m.dest(cfg.Name, a))
+	}
+	r.attempts = len(r.dests) + 1
+	if r.fb = rt.Fallback(); r.fb != nil {
+		for _, a := range r.fb.Destinations() {
+			r.fbDests = append(r.fbDests, m.dest(cfg.Name, a))
+		}
+		r.attempts += len(r.fbDests)
+	}
+	return r
+}
+
+func (r *Route) check() error {
+	switch {
+	case r.rt == nil:
+		return errors.New("no routing.Route")
+	case r.cfg.Name == "":
+		return errors.New("name is empty")
+	case r.cfg.Addr == "":
+		return errors.New("bind address is empty")
+	case r.cfg.ConnectTimeout <= 0:
+		return fmt.Errorf("connect_timeout %v must be > 0", r.cfg.ConnectTimeout)
+	case r.cfg.MaxConnections <= 0:
+		return fmt.Errorf("max_connections %d must be > 0", r.cfg.MaxConnections)
+	}
+	return nil
+}
+
+// Start binds the listening socket and starts accepting clients. It
+// returns configuration and bind errors. A Route starts at most once.
+func (r *Route) Start() error {
+	if err := r.check(); err != nil {
+		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.started:
+		return fmt.Errorf("proxy: route %q: already started", r.cfg.Name)
+	case r.stopping:
+		return fmt.Errorf("proxy: route %q: shut down", r.cfg.Name)
+	}
+	ln, err := r.listen(r.ctx, "tcp", r.addr)
+	if err != nil {
+		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
+	}
+	r.started = true
+	r.addr = ln.Addr().String()
+	r.serveListener(ln)
+	r.log.Info("listening", "addr", r.addr)
+	r.rt.Watch(r.changed)
+	if r.fb != nil {
+		r.fb.Watch(r.changed)
+	}
+	if r.cfg.CloseListenerWhenDown {
+		r.wg.Go(r.supervise)
+		r.poke()
+	}
+	return nil
+}
+
+// Addr returns the address the route listens on: Config.Addr, with the
+// port filled in once Start has bound it.
+func (r *Route) Addr() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.addr
+}
+
+// Listening reports whether the listening socket is open.
+func (r *Route) Listening() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ln != nil
+}
+
+// Sessions returns the number of open sessions per destination index of
+// the routing.Route. Sessions to fallback destinations are not included.
+func (r *Route) Sessions() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := make([]int, len(r.dests))
+	for i, d := range r.dests {
+		n[i] = len(d.sessions)
+	}
+	return n
+}
+
+// Shutdown stops accepting clients and waits for open sessions to end.
+// When ctx is done it closes the sessions still open and returns ctx's
+// error once they are gone. It always returns after every goroutine of
+// the Route has ended; it returns nil when the sessions ended by themselves.
+func (r *Route) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	if !r.stopping {
+		r.stopping = true
+		close(r.stop)
+		if r.ln != nil {
+			r.ln.Close()
+			r.ln = nil
+		}
+		r.log.Info("shutting down; draining sessions", "sessions", r.open())
+	}
+	r.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		r.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	r.cancel() // abort dials in progress
+	r.mu.Lock()
+	r.closing = true
+	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
+	r.mu.Unlock()
+	if n > 0 {
+		r.log.Warn("drain deadline reached; sessions closed", "sessions", n)
+	}
+	<-done
+	return ctx.Err()
+}
+
+// open returns the number of open sessions. r.mu must be held.
+func (r *Route) open() int {
+	n := 0
+	for _, d := range r.dests {
+		n += len(d.sessions)
+	}
+	for _, d := range r.fbDests {
+		n += len(d.sessions)
+	}
+	return n
+}
+
+// serveListener makes ln the route's listener and starts accepting on it.
+// r.mu must be held.
+func (r *Route) serveListener(ln net.Listener) {
+	r.ln = ln
+	r.wg.Go(func() { r.accept(ln) })
+}
+
+// Accept back-off, as in net/http: 5 ms doubling up to 1 s.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// accept serves ln until it is closed. Every other error (EMFILE, ENFILE,
+// ENOBUFS, ...) is retried after a growing delay; the first error of a
+// burst is logged, and the recovery.
+func (r *Route) accept(ln net.Listener) {
+	var delay time.Duration
+	failures := 0
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			failures++
+			if delay == 0 {
+				delay = minAcceptDelay
+				r.log.Warn("accept failed; retrying with back-off", "err", err)
+			} else {
+				delay = min(2*delay, maxAcceptDelay)
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-r.stop:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		if failures > 0 {
+			r.log.Info("accept recovered", "failures", failures)
+			delay, failures = 0, 0
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			r.log.Error("listener returned a non-TCP connection; closed", "type", fmt.Sprintf("%T", c))
+			c.Close()
+			continue
+		}
+		r.wg.Go(func() { r.serve(tc) })
+	}
+}
+
+// changed is the routing.Route watcher: it enforces the one-destination
+// rule of read-write routes at once, and tells the listener supervisor.
+func (r *Route) changed() {
+	if r.rwPrimary {
+		r.mu.Lock()
+		p := r.rt.Primary()
+		if n := r.closeSessions(r.dests, p); n > 0 {
+			r.log.Warn("primary moved; sessions to other destinations closed", "primary", p, "closed", n)
+		}
+		r.mu.Unlock()
+	}
+	if r.cfg.CloseListenerWhenDown {
+		r.poke()
+	}
+}
+
+func (r *Route) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// supervise closes the listener while no destination is available and
+// re-binds it when one is, retrying a failed bind every second.
+func (r *Route) supervise() {
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.kick:
+		case <-retry:
+		}
+		retry = nil
+		if !r.reconcile() {
+			retry = time.After(time.Second)
+		}
+	}
+}
+
+// reconcile opens or closes the listener to match rt.Available. It reports
+// false when a bind failed.
+func (r *Route) reconcile() bool {
+	up := r.rt.Available()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.stopping:
+	case up && r.ln == nil:
+		ln, err := r.listen(r.ctx, "tcp", r.addr)
+		if err != nil {
+			r.log.Error("destination available but re-binding failed; retrying", "addr", r.addr, "err", err)
+			return false
+		}
+		r.serveListener(ln)
+		r.log.Info("destination available; listening again", "addr", r.addr)
+	case !up && r.ln != nil:
+		r.ln.Close()
+		r.ln = nil
+		r.log.Warn("no destination available; listener closed", "addr", r.addr)
+	}
+	return true
+}

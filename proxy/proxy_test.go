@@ -1,0 +1,509 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hamr-project/hamr/routing"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestStartRejectsBadConfig(t *testing.T) {
+	rt := newRouting(t, routing.FirstAvailable, "127.0.0.1:1")
+	good := Config{Name: "rw", Addr: "127.0.0.1:0", ConnectTimeout: time.Second, MaxConnections: 1}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"no name", func(c *Config) { c.Name = "" }},
+		{"no addr", func(c *Config) { c.Addr = "" }},
+		{"zero connect_timeout", func(c *Config) { c.ConnectTimeout = 0 }},
+		{"zero max_connections", func(c *Config) { c.MaxConnections = 0 }},
+		{"bad addr", func(c *Config) { c.Addr = "127.0.0.1:99999" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good
+			tc.edit(&cfg)
+			p := New(cfg, rt, Options{})
+			if err := p.Start(); err == nil {
+				t.Error("Start succeeded")
+				p.Shutdown(context.Background())
+			}
+		})
+	}
+}
+
+// TestFreebind binds an address that is on no interface (TEST-NET-1). No
+// traffic is sent to it.
+func TestFreebind(t *testing.T) {
+	const addr = "192.0.2.1:0"
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		ln.Close()
+		t.Skip("192.0.2.1 is bindable without IP_FREEBIND here (local address or ip_nonlocal_bind=1)")
+	} else if !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Fatalf("plain bind: %v, want EADDRNOTAVAIL", err)
+	}
+	rt := newRouting(t, routing.FirstAvailable, "127.0.0.1:1")
+	p := startRoute(t, Config{Addr: addr}, rt, Options{})
+	if !p.Listening() {
+		t.Fatal("not listening after Start")
+	}
+	if host, _, _ := net.SplitHostPort(p.Addr()); host != "192.0.2.1" {
+		t.Errorf("Addr() = %s, want host 192.0.2.1", p.Addr())
+	}
+}
+
+// flakyListener fails the next n Accept calls with EMFILE, as accept(2)
+// does when the process is out of file descriptors.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+	calls atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.calls.Add(1)
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	var logs logBuffer
+	fl := &flakyListener{}
+	fl.fails.Store(5)
+	p := startRoute(t, Config{}, rt, Options{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Listen: func(ctx context.Context, network, addr string) (net.Listener, error) {
+			ln, err := listen(ctx, network, addr)
+			fl.Listener = ln
+			return fl, err
+		},
+	})
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "hello"); err != nil {
+		t.Fatalf("after EMFILE burst: %v", err)
+	}
+	if n := fl.calls.Load(); n < 6 {
+		t.Errorf("Accept called %d times, want the 5 failures retried", n)
+	}
+	if n := logs.count("accept failed"); n != 1 {
+		t.Errorf("logged %d accept failures for one burst, want 1:\n%s", n, logs.buf.String())
+	}
+	if n := logs.count("accept recovered"); n != 1 {
+		t.Errorf("logged %d recoveries, want 1", n)
+	}
+
+	// Shutdown while the loop is backing off ends it.
+	c.Close()
+	fl.fails.Store(1 << 30)
+	d := dialProxy(t, p) // wakes the blocked Accept; the next ones fail
+	d.Close()
+	eventually(t, "a failing Accept", func() bool { return fl.calls.Load() > 8 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown during back-off: %v", err)
+	}
+}
+
+func TestFailoverOnDialError(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dial func(ctx context.Context) (net.Conn, error)
+	}{
+		{"refuse", func(context.Context) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+		}},
+		{"reset", func(context.Context) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNRESET)}
+		}},
+		{"hang", func(ctx context.Context) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := newBackend(t, named("b"))
+			const bad = "127.0.0.1:9" // never dialed: the fault is injected
+			rt := newRouting(t, routing.FirstAvailable, bad, be.addr())
+			m := NewMetrics(prometheus.NewRegistry())
+			var (
+				mu     sync.Mutex
+				picks  []routing.Pick
+				downOK bool
+			)
+			var d net.Dialer
+			p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: 100 * time.Millisecond}, rt, Options{
+				Metrics: m,
+				Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+					if addr == bad {
+						return tc.dial(ctx)
+					}
+					return d.DialContext(ctx, network, addr)
+				},
+				OnDialError: func(p routing.Pick, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					picks = append(picks, p)
+					downOK = !p.Route.State()[p.Index].Up
+				},
+			})
+			c := dialProxy(t, p)
+			if name, err := readLine(c); err != nil || name != "b" {
+				t.Fatalf("first client reached %q (%v), want b", name, err)
+			}
+			if err := roundTrip(c, "ping"); err != nil {
+				t.Fatal(err)
+			}
+			if got := rt.Primary(); got != 1 {
+				t.Errorf("primary = %d, want 1", got)
+			}
+			mu.Lock()
+			if len(picks) != 1 || picks[0].Index != 0 || picks[0].Route != rt {
+				t.Errorf("OnDialError picks = %+v, want one for index 0", picks)
+			}
+			if !downOK {
+				t.Error("OnDialError ran before the destination was marked down")
+			}
+			mu.Unlock()
+			if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
+				t.Errorf("Sessions() = %v, want [0 1]", got)
+			}
+			if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", bad)); v != 1 {
+				t.Errorf("dial errors for %s = %v, want 1", bad, v)
+			}
+		})
+	}
+}
+
+func TestPrimaryMoveClosesOldSessions(t *testing.T) {
+	a := newBackend(t, named("a"))
+	b := newBackend(t, named("b"))
+	rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
+	p := startRoute(t, Config{ReadWrite: true}, rt, Options{})
+
+	var onA []net.Conn
+	for range 2 {
+		c := dialProxy(t, p)
+		if name, err := readLine(c); err != nil || name != "a" {
+			t.Fatalf("reached %q (%v), want a", name, err)
+		}
+		onA = append(onA, c)
+	}
+	if got := p.Sessions(); !equalInts(got, []int{2, 0}) {
+		t.Fatalf("Sessions() = %v, want [2 0]", got)
+	}
+
+	rt.SetUp(0, false) // primary moves to b; the watcher runs before SetUp returns
+	if got := p.Sessions(); !equalInts(got, []int{0, 0}) {
+		t.Fatalf("after the move Sessions() = %v, want [0 0]", got)
+	}
+	for _, c := range onA {
+		wantClosed(t, c)
+	}
+
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "b" {
+		t.Fatalf("reached %q (%v), want b", name, err)
+	}
+	// a comes back: the primary is sticky, b's session lives on.
+	rt.SetUp(0, true)
+	if err := roundTrip(c, "still here"); err != nil {
+		t.Fatalf("session on the new primary: %v", err)
+	}
+	if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
+		t.Fatalf("Sessions() = %v, want [0 1]", got)
+	}
+	// An operator reset moves the primary back to a and closes b's session.
+	if !rt.Reset() {
+		t.Fatal("Reset did not move the primary")
+	}
+	wantClosed(t, c)
+	if got := p.Sessions(); !equalInts(got, []int{0, 0}) {
+		t.Fatalf("after reset Sessions() = %v, want [0 0]", got)
+	}
+}
+
+// TestReadWriteOneDestination hammers a read-write route while the primary
+// moves back and forth, and checks from a watcher and a poller that the
+// route never has sessions to two destinations.
+func TestReadWriteOneDestination(t *testing.T) {
+	a := newBackend(t, echo)
+	b := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
+	p := startRoute(t, Config{ReadWrite: true}, rt, Options{})
+
+	var bad atomic.Int32
+	check := func() {
+		n := 0
+		for _, s := range p.Sessions() {
+			if s > 0 {
+				n++
+			}
+		}
+		if n > 1 {
+			bad.Add(1)
+		}
+	}
+	rt.Watch(check)
+
+	var wg sync.WaitGroup
+	var served atomic.Int32
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				c, err := net.DialTimeout("tcp", p.Addr(), 5*time.Second)
+				if err != nil {
+					continue
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if roundTrip(c, "x") == nil { // fails when a move closes the session
+					served.Add(1)
+				}
+				check()
+				c.Close()
+			}
+		})
+	}
+	clients := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(clients)
+	}()
+	flips := 0
+flip:
+	for ; flips < 1e6; flips++ {
+		select {
+		case <-clients:
+			break flip
+		default:
+		}
+		down := flips % 2
+		rt.SetUp(down, false)
+		check()
+		rt.SetUp(down, true)
+		check()
+	}
+	<-clients
+	t.Logf("%d sessions served during %d primary moves", served.Load(), flips)
+	if served.Load() == 0 || flips == 0 {
+		t.Fatal("test did not overlap sessions with primary moves")
+	}
+	if n := bad.Load(); n > 0 {
+		t.Fatalf("saw sessions to two destinations %d times", n)
+	}
+}
+
+func TestReadOnlyRotation(t *testing.T) {
+	var dests []string
+	for _, n := range []string{"a", "b", "c"} {
+		dests = append(dests, newBackend(t, named(n)).addr())
+	}
+	rt := newRouting(t, routing.RoundRobin, dests...)
+	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
+
+	var conns []net.Conn
+	connect := func(want string) {
+		t.Helper()
+		c := dialProxy(t, p)
+		if name, err := readLine(c); err != nil || name != want {
+			t.Fatalf("reached %q (%v), want %s", name, err, want)
+		}
+		conns = append(conns, c)
+	}
+	for _, want := range []string{"a", "b", "c", "a", "b", "c"} {
+		connect(want)
+	}
+	if got := p.Sessions(); !equalInts(got, []int{2, 2, 2}) {
+		t.Fatalf("Sessions() = %v, want [2 2 2]", got)
+	}
+	// A read-only route keeps sessions when a destination goes down.
+	rt.SetUp(1, false)
+	if got := p.Sessions(); !equalInts(got, []int{2, 2, 2}) {
+		t.Fatalf("after b down Sessions() = %v, want [2 2 2]", got)
+	}
+	if err := roundTrip(conns[1], "long read"); err != nil {
+		t.Fatalf("session on b: %v", err)
+	}
+	connect("a")
+	connect("c")
+}
+
+func TestReadOnlyFallback(t *testing.T) {
+	primary := newBackend(t, named("primary"))
+	rw := newRouting(t, routing.FirstAvailable, primary.addr())
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
+	for range 2 { // the first dial fails and marks the replica down
+		c := dialProxy(t, p)
+		if name, err := readLine(c); err != nil || name != "primary" {
+			t.Fatalf("reached %q (%v), want primary", name, err)
+		}
+		c.Close()
+	}
+	if got := p.Sessions(); got[0] != 0 {
+		t.Errorf("Sessions() = %v: fallback sessions counted", got)
+	}
+}
+
+func TestCloseListenerWhenDown(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	var logs logBuffer
+	p := startRoute(t, Config{CloseListenerWhenDown: true}, rt, Options{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	addr := p.Addr()
+	if !p.Listening() {
+		t.Fatal("not listening while available")
+	}
+	rt.SetUp(0, false)
+	eventually(t, "listener closed", func() bool { return !p.Listening() })
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatal("connect succeeded while the route is down")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("connect while down: %v, want ECONNREFUSED", err)
+	}
+	rt.SetUp(0, true)
+	eventually(t, "listener reopened", func() bool { return p.Listening() })
+	if p.Addr() != addr {
+		t.Fatalf("re-bound on %s, want %s", p.Addr(), addr)
+	}
+	if err := roundTrip(dialProxy(t, p), "back"); err != nil {
+		t.Fatal(err)
+	}
+	if logs.count("listener closed") != 1 || logs.count("listening again") != 1 {
+		t.Errorf("close/reopen not logged once each:\n%s", logs.buf.String())
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	p := New(Config{Name: "rw", Addr: "127.0.0.1:0", ConnectTimeout: time.Second, MaxConnections: 10}, rt, Options{Logger: testLogger(t)})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "a"); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		res <- p.Shutdown(ctx)
+	}()
+	eventually(t, "listener closed", func() bool { return !p.Listening() })
+	if d, err := net.Dial("tcp", p.Addr()); err == nil {
+		d.Close()
+		t.Fatal("new client accepted while draining")
+	}
+	if err := roundTrip(c, "still served while draining"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		t.Fatalf("Shutdown returned %v with a session open", err)
+	default:
+	}
+	c.CloseWrite() // the client ends its session
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the last session ended")
+	}
+}
+
+func TestShutdownDeadlineClosesSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	p := New(Config{Name: "rw", Addr: "127.0.0.1:0", ConnectTimeout: time.Second, MaxConnections: 10}, rt, Options{Logger: testLogger(t)})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "a"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown = %v, want context.Canceled", err)
+	}
+	wantClosed(t, c)
+	if got := p.Sessions(); !equalInts(got, []int{0}) {
+		t.Errorf("Sessions() = %v after Shutdown", got)
+	}
+	if err := p.Start(); err == nil {
+		t.Error("Start after Shutdown succeeded")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	if NewMetrics(reg).active != m.active {
+		t.Fatal("second NewMetrics on one registry did not reuse the collectors")
+	}
+	p := startRoute(t, Config{Name: "rw", MaxConnections: 1}, rt, Options{Metrics: m})
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "12345"); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(m.active.WithLabelValues("rw", be.addr())); v != 1 {
+		t.Errorf("sessions_active = %v, want 1", v)
+	}
+	refused := dialProxy(t, p) // over max_connections
+	if pkt, err := io.ReadAll(refused); err != nil || len(pkt) < 5 || pkt[4] != 0xff {
+		t.Fatalf("refused client read %q (%v), want an ERR packet", pkt, err)
+	}
+	c.CloseWrite()
+	wantClosed(t, c)
+	eventually(t, "session end", func() bool { return testutil.ToFloat64(m.active.WithLabelValues("rw", be.addr())) == 0 })
+	for _, tc := range []struct {
+		c    prometheus.Collector
+		want float64
+	}{
+		{m.total.WithLabelValues("rw", be.addr()), 1},
+		{m.bytes.WithLabelValues("rw", be.addr(), "client_to_server"), 5},
+		{m.bytes.WithLabelValues("rw", be.addr(), "server_to_client"), 5},
+		{m.refusals.WithLabelValues("rw", "max_connections"), 1},
+		{m.refusals.WithLabelValues("rw", "no_destination"), 0},
+	} {
+		if v := testutil.ToFloat64(tc.c); v != tc.want {
+			t.Errorf("%v = %v, want %v", tc.c.(prometheus.Metric).Desc(), v, tc.want)
+		}
+	}
+	m.DeleteRoute("rw")
+	n, err := testutil.GatherAndCount(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d series left after DeleteRoute", n)
+	}
+}

@@ -1,0 +1,451 @@
+package vip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hamr-project/hamr/conf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Options are the dependencies of an Instance.
+type Options struct {
+	Logger  *slog.Logger // default slog.Default()
+	Metrics *Metrics     // may be nil
+}
+
+// Status is a snapshot of an instance, for /status and hamr ctl.
+type Status struct {
+	Name              string
+	Interface         string
+	VRID              int
+	Version           int
+	State             string // INIT | BACKUP | MASTER | FAULT | STOPPED
+	Priority          int    // configured
+	EffectivePriority int    // advertised
+	AdvertInt         time.Duration
+	Master            string   // address of the current master as last seen; "" unknown
+	VIPs              []string // configured, as prefixes
+	Transitions       uint64
+	MasterChanges     uint64
+	AdvertsSent       uint64
+	AdvertsReceived   uint64
+	Dropped           map[string]uint64 // by reason
+}
+
+// Instance is one VRRP instance ([vrrp.NAME]). Create it with New, start
+// it with Run; SetRouteHealthy and Status are safe from any goroutine.
+type Instance struct {
+	cfg  *conf.VRRP
+	log  *slog.Logger
+	met  *Metrics
+	addr []netip.Addr // virtual addresses without prefix
+
+	kick chan struct{} // capacity 1: tracked route health changed
+
+	mu        sync.Mutex
+	ran       bool
+	unhealthy map[string]bool // tracked routes reported unhealthy
+	status    Status
+}
+
+// New checks what the instance needs from cfg and from the host (the
+// interface exists). cfg must have passed conf validation; New keeps it and
+// does not modify it.
+func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
+	if cfg == nil {
+		return nil, errors.New("vip: nil config")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("vrrp", cfg.Name)
+	if err := check(cfg); err != nil {
+		return nil, fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	if _, err := net.InterfaceByName(cfg.Interface); err != nil {
+		return nil, fmt.Errorf("vip: vrrp.%s: interface %q: %w", cfg.Name, cfg.Interface, err)
+	}
+	i := &Instance{
+		cfg:       cfg,
+		log:       log,
+		met:       opts.Metrics,
+		kick:      make(chan struct{}, 1),
+		unhealthy: make(map[string]bool),
+	}
+	var vipStrings []string
+	for _, p := range cfg.VirtualIPAddress {
+		i.addr = append(i.addr, p.Addr())
+		vipStrings = append(vipStrings, p.String())
+	}
+	i.status = Status{
+		Name:              cfg.Name,
+		Interface:         cfg.Interface,
+		VRID:              cfg.VirtualRouterID,
+		Version:           cfg.Version,
+		State:             StateInit.String(),
+		Priority:          cfg.Priority,
+		EffectivePriority: cfg.Priority,
+		AdvertInt:         cfg.AdvertInt,
+		VIPs:              vipStrings,
+		Dropped:           make(map[string]uint64),
+	}
+	if m := i.met; m != nil {
+		m.state.WithLabelValues(cfg.Name).Set(0)
+		m.priority.WithLabelValues(cfg.Name).Set(float64(cfg.Priority))
+	}
+	return i, nil
+}
+
+// check rejects what the codec or the machine cannot work with; conf
+// validation should already have caught all of it.
+func check(cfg *conf.VRRP) error {
+	switch {
+	case cfg.Interface == "":
+		return errors.New("interface: required")
+	case cfg.VirtualRouterID < 1 || cfg.VirtualRouterID > 255:
+		return fmt.Errorf("virtual_router_id: %d (1-255)", cfg.VirtualRouterID)
+	case cfg.Priority < 1 || cfg.Priority > 255:
+		return fmt.Errorf("priority: %d (1-255)", cfg.Priority)
+	case cfg.Version != 2 && cfg.Version != 3:
+		return fmt.Errorf("version: %d (2 or 3)", cfg.Version)
+	case len(cfg.VirtualIPAddress) == 0 || len(cfg.VirtualIPAddress) > 255:
+		return fmt.Errorf("virtual_ipaddress: %d addresses (1-255)", len(cfg.VirtualIPAddress))
+	case len(cfg.AuthPass) > 8:
+		return fmt.Errorf("auth_pass: %d bytes (at most 8)", len(cfg.AuthPass))
+	case cfg.UnicastSrcIP.IsValid() && !cfg.UnicastSrcIP.Is4():
+		return fmt.Errorf("unicast_src_ip: %v is not IPv4", cfg.UnicastSrcIP)
+	}
+	for _, p := range cfg.VirtualIPAddress {
+		if !p.Addr().Is4() {
+			return fmt.Errorf("virtual_ipaddress: %v is not IPv4", p)
+		}
+	}
+	for _, a := range cfg.UnicastPeers {
+		if !a.Is4() {
+			return fmt.Errorf("unicast_peers: %v is not IPv4", a)
+		}
+	}
+	probe := Advert{Version: cfg.Version, Interval: cfg.AdvertInt}
+	if _, err := probe.Marshal(Group, Group); err != nil {
+		return fmt.Errorf("advert_int: %w", err)
+	}
+	return nil
+}
+
+// SetRouteHealthy records the health of a tracked route (track_routes):
+// while unhealthy its weight is added to the priority, or, for weight 0,
+// the instance is in Fault. Routes are healthy until reported otherwise;
+// untracked routes are ignored.
+func (i *Instance) SetRouteHealthy(route string, healthy bool) {
+	if _, ok := i.cfg.TrackRoutes[route]; !ok {
+		return
+	}
+	i.mu.Lock()
+	changed := i.unhealthy[route] == healthy
+	if healthy {
+		delete(i.unhealthy, route)
+	} else {
+		i.unhealthy[route] = true
+	}
+	i.mu.Unlock()
+	if changed {
+		select {
+		case i.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Status returns a snapshot of the instance.
+func (i *Instance) Status() Status {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	s := i.status
+	s.VIPs = slices.Clone(s.VIPs)
+	s.Dropped = maps.Clone(s.Dropped)
+	return s
+}
+
+// health is the effective priority and the fault condition, given the
+// tracked interfaces that are down.
+func (i *Instance) health(linksDown []string) (priority int, fault bool) {
+	i.mu.Lock()
+	priority, fault = effectivePriority(i.cfg.Priority, i.cfg.TrackRoutes, i.unhealthy)
+	i.mu.Unlock()
+	return priority, fault || len(linksDown) > 0
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// hostTransport sends adverts on the raw socket and GARP on AF_PACKET.
+type hostTransport struct {
+	c *conn
+	g *garper
+}
+
+func (t hostTransport) Send(a *Advert) error { return t.c.Send(a) }
+func (t hostTransport) GARP()                { t.g.burst() }
+
+// Run runs the instance until ctx is cancelled. It removes configured
+// virtual addresses left on the interface, opens its sockets, and enters
+// Backup (Master at priority 255). On cancellation it resigns: a master
+// sends an advert with priority 0 and removes the addresses it added;
+// then notify_stop runs and Run returns nil. It returns an error only when
+// it cannot start. Run may be called once.
+//
+// Every socket is opened before Run starts a goroutine, in the network
+// namespace of the calling thread.
+func (i *Instance) Run(ctx context.Context) error {
+	i.mu.Lock()
+	if i.ran {
+		i.mu.Unlock()
+		return errors.New("vip: Run called twice")
+	}
+	i.ran = true
+	i.mu.Unlock()
+
+	cfg := i.cfg
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("vip: vrrp.%s: netlink: %w", cfg.Name, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("vip: vrrp.%s: interface %q: %w", cfg.Name, cfg.Interface, err)
+	}
+	attrs := link.Attrs()
+	ifi := &net.Interface{Index: attrs.Index, MTU: attrs.MTU, Name: attrs.Name, HardwareAddr: attrs.HardwareAddr, Flags: attrs.Flags}
+
+	v := &vips{h: h, link: link, want: cfg.VirtualIPAddress, added: make(map[netip.Addr]bool), log: i.log}
+	if err := v.removeStale(); err != nil {
+		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	src := cfg.UnicastSrcIP
+	if !src.IsValid() {
+		if src, err = primaryAddr(h, link, cfg.VirtualIPAddress); err != nil {
+			return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+		}
+	}
+	c, err := listen(ifi, src, cfg.UnicastPeers)
+	if err != nil {
+		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	defer c.Close()
+	g, err := newGARPer(ifi, i.addr, max(cfg.GarpMasterRepeat, 1), i.log)
+	if err != nil {
+		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	defer g.Close()
+	lh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("vip: vrrp.%s: netlink: %w", cfg.Name, err)
+	}
+	defer lh.Close()
+	lw := &linkWatcher{
+		h:     lh,
+		names: append([]string{cfg.Interface}, cfg.TrackInterface...),
+		every: min(max(cfg.AdvertInt, 100*time.Millisecond), time.Second),
+		c:     make(chan []string, 1),
+	}
+	slices.Sort(lw.names)
+	lw.names = slices.Compact(lw.names)
+
+	// From here on nothing fails: start the goroutines.
+	var wg sync.WaitGroup
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	notify := newNotifier(i.log, cfg.NotifyTimeout)
+	wg.Go(func() { notify.run(context.WithoutCancel(ctx)) })
+	pkts := make(chan rawPacket, 16)
+	wg.Go(func() { i.read(bg, c, pkts) })
+	linksDown := lw.down()
+	wg.Go(func() { lw.run(bg, linksDown) })
+	defer func() {
+		stopBG()
+		c.Close() // unblocks the reader
+		notify.close()
+		wg.Wait()
+	}()
+
+	mc := machineConfig{
+		vrid:         uint8(cfg.VirtualRouterID),
+		version:      cfg.Version,
+		interval:     cfg.AdvertInt,
+		preempt:      !cfg.Nopreempt,
+		preemptDelay: cfg.PreemptDelay,
+		vips:         i.addr,
+		self:         src,
+		garpDelay:    cfg.GarpMasterDelay,
+		garpRefresh:  cfg.GarpMasterRefresh,
+	}
+	if cfg.Version == 2 && cfg.AuthPass != "" {
+		mc.authType = AuthPass
+		copy(mc.auth[:], cfg.AuthPass)
+	}
+	prio, fault := i.health(linksDown)
+	m := newMachine(mc, prio, hostTransport{c: c, g: g}, realClock{}, i.log)
+	m.onTransition = func(from, to State, prio int) { i.transition(v, notify, from, to, prio) }
+	m.setHealth(fault, prio)
+	if len(linksDown) > 0 {
+		i.log.Warn("vrrp tracked interface down", "interfaces", linksDown)
+	}
+	i.log.Info("vrrp instance starting", "interface", cfg.Interface, "vrid", cfg.VirtualRouterID,
+		"version", cfg.Version, "priority", prio, "advert_int", cfg.AdvertInt, "source", src, "peers", cfg.UnicastPeers)
+	m.start()
+	var pub published
+	i.publish(m, &pub)
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if next := m.next(); next.IsZero() {
+			timer.Stop()
+		} else {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			m.stop()
+			i.publish(m, &pub)
+			return nil
+		case p := <-pkts:
+			i.handle(m, p)
+		case <-i.kick:
+		case d := <-lw.c:
+			if len(d) > 0 {
+				i.log.Warn("vrrp tracked interface down", "interfaces", d)
+			} else {
+				i.log.Info("vrrp tracked interfaces up")
+			}
+			linksDown = d
+		case <-timer.C:
+			m.tick()
+		}
+		if prio, fault := i.health(linksDown); prio != m.prio || fault != m.fault {
+			m.setHealth(fault, prio)
+		}
+		i.publish(m, &pub)
+	}
+}
+
+// read passes received packets to the loop until the socket is closed.
+func (i *Instance) read(ctx context.Context, c *conn, out chan<- rawPacket) {
+	for {
+		p, err := c.recv()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				i.log.Error("vrrp receive failed", "err", err)
+			}
+			return
+		}
+		p.payload = slices.Clone(p.payload)
+		select {
+		case out <- p:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// handle filters and decodes one packet, then feeds it to the machine.
+func (i *Instance) handle(m *machine, p rawPacket) {
+	if len(p.payload) >= 2 && p.payload[1] != m.cfg.vrid {
+		return // another virtual router: ignored, not dropped
+	}
+	var reason string
+	if p.ttl != 255 {
+		reason = ReasonTTL
+	} else if a, err := Decode(p.payload, p.src, p.dst); err != nil {
+		reason = ReasonShort
+		var de *DecodeError
+		if errors.As(err, &de) {
+			reason = de.Reason
+		}
+		i.log.Debug("vrrp packet dropped", "from", p.src, "err", err)
+	} else {
+		reason = m.receive(p.src, &a)
+	}
+	if reason == "" {
+		return
+	}
+	i.mu.Lock()
+	i.status.Dropped[reason]++
+	i.mu.Unlock()
+	if i.met != nil {
+		i.met.dropped.WithLabelValues(i.cfg.Name, reason).Inc()
+	}
+}
+
+// transition performs the side effects of a state change, in keepalived's
+// order: addresses first when becoming master, removed first when leaving
+// it; then the notify scripts.
+func (i *Instance) transition(v *vips, n *notifier, from, to State, prio int) {
+	if from == StateMaster {
+		v.remove()
+	}
+	cfg := i.cfg
+	switch to {
+	case StateMaster:
+		v.add()
+		n.transition(cfg.NotifyMaster, cfg.Notify, cfg.Name, "MASTER", prio)
+	case StateBackup:
+		n.transition(cfg.NotifyBackup, cfg.Notify, cfg.Name, "BACKUP", prio)
+	case StateFault:
+		n.transition(cfg.NotifyFault, cfg.Notify, cfg.Name, "FAULT", prio)
+	case StateStopped:
+		n.transition(cfg.NotifyStop, cfg.Notify, cfg.Name, "STOP", prio)
+	}
+}
+
+// published holds the machine counters already added to the metrics.
+type published struct {
+	transitions, masterChanges, sent, received uint64
+}
+
+// publish copies the machine's state to Status and the metrics.
+func (i *Instance) publish(m *machine, p *published) {
+	master := ""
+	if m.master.IsValid() {
+		master = m.master.String()
+	}
+	i.mu.Lock()
+	s := &i.status
+	s.State = m.state.String()
+	s.EffectivePriority = m.prio
+	s.Master = master
+	s.Transitions = m.transitions
+	s.MasterChanges = m.masterChanges
+	s.AdvertsSent = m.sent
+	s.AdvertsReceived = m.received
+	i.mu.Unlock()
+	met := i.met
+	if met == nil {
+		return
+	}
+	name := i.cfg.Name
+	met.state.WithLabelValues(name).Set(stateValue(m.state))
+	met.priority.WithLabelValues(name).Set(float64(m.prio))
+	add := func(c interface{ Add(float64) }, now uint64, last *uint64) {
+		if now > *last {
+			c.Add(float64(now - *last))
+			*last = now
+		}
+	}
+	add(met.transitions.WithLabelValues(name), m.transitions, &p.transitions)
+	add(met.masterChanges.WithLabelValues(name), m.masterChanges, &p.masterChanges)
+	add(met.sent.WithLabelValues(name), m.sent, &p.sent)
+	add(met.received.WithLabelValues(name), m.received, &p.received)
+}
