@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +47,7 @@ type options struct {
 	src          string
 	noInstall    bool
 	keep         bool
+	render       string
 	progress     io.Writer
 }
 
@@ -83,6 +85,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
 	fs.BoolVar(&o.noInstall, "no-install", false, "do not apt-get install missing tools")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, datadirs)")
+	fs.StringVar(&o.render, "render", "", "measure nothing: print FILE (a results.json) as Markdown")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -136,6 +139,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
+	if o.render != "" {
+		if err := render(os.Stdout, o.render); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.progress = os.Stderr
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
@@ -168,6 +178,31 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// render prints a saved results.json as Markdown: the table, the targets
+// and the errors.
+func render(w io.Writer, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read results: %w", err)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("decode %s: %w", path, err)
+	}
+	if err := rep.writeTable(w, true); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\n| target | want | hamr | verdict |\n|---|---|---|---|\n")
+	rep.writeTargets(w, true)
+	if len(rep.Errors) > 0 {
+		fmt.Fprintf(w, "\nReported by the run:\n\n")
+		for _, e := range rep.Errors {
+			fmt.Fprintf(w, "- %s\n", strings.ReplaceAll(e, "\n", " "))
+		}
+	}
+	return nil
 }
 
 // target is one contender as the workloads see it.

@@ -46,11 +46,6 @@ const (
 // Options says how to start a topology. The zero value starts a primary and
 // two replicas on free ports in a new temporary directory.
 type Options struct {
-	// Host is the loopback address the servers listen on. Default
-	// 127.0.0.1. MariaDB never blocks 127.0.0.1 (nor ::1) for connection
-	// errors, so a test of max_connect_errors needs another one, such as
-	// 127.0.0.2.
-	Host string
 	// Dir holds one data directory per server. Default: a new directory
 	// under os.TempDir(), removed by Stop. A given Dir is kept.
 	Dir string
@@ -77,7 +72,6 @@ type Topology struct {
 // Server is one mariadbd process.
 type Server struct {
 	Index   int
-	Host    string
 	Port    int
 	DataDir string
 	Socket  string
@@ -145,12 +139,9 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 		if n == 0 {
 			n = 2
 		}
-		if ports, err = FreePortsOn(opt.Host, n+1); err != nil {
+		if ports, err = FreePorts(n + 1); err != nil {
 			return nil, err
 		}
-	}
-	if opt.Host == "" {
-		opt.Host = "127.0.0.1"
 	}
 	topo := &Topology{Dir: opt.Dir}
 	if topo.Dir == "" {
@@ -172,7 +163,6 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 		dir := filepath.Join(topo.Dir, fmt.Sprintf("s%d", i))
 		s := &Server{
 			Index:   i,
-			Host:    opt.Host,
 			Port:    port,
 			DataDir: filepath.Join(dir, "data"),
 			Socket:  filepath.Join(dir, "mariadb.sock"),
@@ -186,7 +176,7 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 			"--no-defaults",
 			"--datadir=" + s.DataDir,
 			"--port=" + strconv.Itoa(port),
-			"--bind-address=" + opt.Host,
+			"--bind-address=127.0.0.1",
 			"--socket=" + s.Socket,
 			"--pid-file=" + s.PIDFile,
 			"--log-error=" + s.LogFile,
@@ -322,9 +312,9 @@ func (s *Server) setUp(ctx context.Context) error {
 
 func (s *Server) attachStatements() []string {
 	return []string{
-		fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='%s', MASTER_PORT=%d, MASTER_USER='%s', "+
+		fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='%s', "+
 			"MASTER_PASSWORD='%s', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
-			s.Host, s.primary, replUser, replPassword),
+			s.primary, replUser, replPassword),
 		"START SLAVE",
 		"SET GLOBAL read_only = ON",
 	}
@@ -378,11 +368,8 @@ func (t *Topology) Ports() []int {
 	return ports
 }
 
-// Addr returns server i's address, HOST:PORT.
-func (t *Topology) Addr(i int) string {
-	s := t.Servers[i]
-	return net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
-}
+// Addr returns server i's address, 127.0.0.1:PORT.
+func (t *Topology) Addr(i int) string { return Addr(t.Servers[i].Port) }
 
 // DSN returns a go-sql-driver DSN for the application account on server i.
 func (t *Topology) DSN(i int) string { return AppDSN(t.Addr(i)) }
@@ -632,11 +619,7 @@ func (t *Topology) Done(i int) <-chan struct{} {
 
 // FreePorts returns n distinct TCP ports that were free on 127.0.0.1 a
 // moment ago.
-func FreePorts(n int) ([]int, error) { return FreePortsOn("127.0.0.1", n) }
-
-// FreePortsOn returns n distinct TCP ports that were free on host a moment
-// ago.
-func FreePortsOn(host string, n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	var ls []net.Listener
 	defer func() {
@@ -645,7 +628,7 @@ func FreePortsOn(host string, n int) ([]int, error) {
 		}
 	}()
 	for range n {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
@@ -730,7 +713,7 @@ func (t *Topology) String() string {
 		if s.primary != 0 {
 			role = "replica"
 		}
-		fmt.Fprintf(&b, "server %d: %s %s:%d pid-file %s socket %s\n", s.Index, role, s.Host, s.Port, s.PIDFile, s.Socket)
+		fmt.Fprintf(&b, "server %d: %s 127.0.0.1:%d pid-file %s socket %s\n", s.Index, role, s.Port, s.PIDFile, s.Socket)
 	}
 	return b.String()
 }

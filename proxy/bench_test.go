@@ -11,8 +11,8 @@ import (
 
 // BenchmarkCopy measures one session's throughput through the proxy on
 // loopback: the client writes 1 MiB per iteration, the backend discards.
+// The direct case writes to the backend itself.
 func BenchmarkCopy(b *testing.B) {
-	const chunk = 1 << 20
 	got := make(chan int64, 1)
 	be := newBackend(b, func(c net.Conn) {
 		n, _ := io.Copy(io.Discard, c)
@@ -20,7 +20,13 @@ func BenchmarkCopy(b *testing.B) {
 	})
 	rt := newRouting(b, routing.FirstAvailable, be.addr())
 	p := startRoute(b, Config{}, rt, Options{})
-	c, err := net.Dial("tcp", p.Addr())
+	b.Run("proxy", func(b *testing.B) { benchCopy(b, p.Addr(), got) })
+	b.Run("direct", func(b *testing.B) { benchCopy(b, be.addr(), got) })
+}
+
+func benchCopy(b *testing.B, addr string, got <-chan int64) {
+	const chunk = 1 << 20
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -45,12 +51,17 @@ func BenchmarkCopy(b *testing.B) {
 }
 
 // BenchmarkConnect measures new sessions per second: connect through the
-// proxy, echo one byte, close.
+// proxy, echo one byte, close. The direct case connects to the backend
+// itself, for comparison in the same run.
 func BenchmarkConnect(b *testing.B) {
 	be := newBackend(b, echo)
 	rt := newRouting(b, routing.FirstAvailable, be.addr())
 	p := startRoute(b, Config{}, rt, Options{})
-	addr := p.Addr()
+	b.Run("proxy", func(b *testing.B) { benchConnect(b, p.Addr()) })
+	b.Run("direct", func(b *testing.B) { benchConnect(b, be.addr()) })
+}
+
+func benchConnect(b *testing.B, addr string) {
 	one := []byte{1}
 	for b.Loop() {
 		c, err := net.Dial("tcp", addr)

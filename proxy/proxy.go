@@ -73,7 +73,7 @@ type Route struct {
 	errTooMany, errNoDest     []byte // ERR packets
 
 	ctx     context.Context    // cancelled when Shutdown stops waiting
-	cancel  context.CancelFunc //
+	cancel  context.CancelFunc // cancels ctx
 	stop    chan struct{}      // closed when Shutdown starts
 	kick    chan struct{}      // availability may have changed
 	wg      sync.WaitGroup     // every goroutine the Route starts
@@ -174,12 +174,15 @@ func (r *Route) Start() error {
 	}
 	r.started = true
 	r.addr = ln.Addr().String()
-	r.serveListener(ln)
-	r.log.Info("listening", "addr", r.addr)
+	// Watch before the first session, so that no primary move is missed.
+	// routing.Route cannot forget a watcher: after Shutdown, changed
+	// finds nothing to do.
 	r.rt.Watch(r.changed)
 	if r.fb != nil {
 		r.fb.Watch(r.changed)
 	}
+	r.serveListener(ln)
+	r.log.Info("listening", "addr", r.addr)
 	if r.cfg.CloseListenerWhenDown {
 		r.wg.Go(r.supervise)
 		r.poke()

@@ -1,27 +1,40 @@
 package vrrp
 
 import (
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 func TestDebugGraceful(t *testing.T) {
 	l := newLab(t)
 	r1, r2, p := l.pairUp(kindHamr, kindHamr, fast)
-	_ = r2
+	ns, _ := netns.GetFromName(l.cl.name)
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	r1.terminate()
 	last := ""
 	for time.Since(start) < 400*time.Millisecond {
-		out, _ := runIP("-n", l.cl.name, "neigh", "show", vipAddr)
-		v2, _ := runIP("-n", l.r2.name, "-4", "-o", "addr", "show", "dev", "veth-r2")
-		s := strings.TrimSpace(out) + " r2vip=" + map[bool]string{true: "y", false: "n"}[strings.Contains(v2, vipAddr)]
+		ns, _ := h.NeighList(0, netlink.FAMILY_V4)
+		s := ""
+		for _, n := range ns {
+			if n.IP.Equal(net.ParseIP(vipAddr)) {
+				s = n.HardwareAddr.String() + " " + strconv.Itoa(n.State)
+			}
+		}
 		if s != last {
 			t.Logf("%4dms %s", time.Since(start).Milliseconds(), s)
 			last = s
 		}
-		time.Sleep(3 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	p.mu.Lock()
 	for _, a := range p.changes {
