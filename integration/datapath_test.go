@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,13 +137,4 @@ func TestNoDestination(t *testing.T) {
 	if out, err := h.ctl("status"); err != nil || !strings.Contains(out, "down") {
 		t.Errorf("hamr ctl status (err %v) does not show the destinations down:\n%s", err, out)
 	}
-}
-
-// portsString formats ports for messages.
-func portsString(ports []int) string {
-	s := make([]string, len(ports))
-	for i, p := range ports {
-		s[i] = strconv.Itoa(p)
-	}
-	return fmt.Sprint(s)
 }

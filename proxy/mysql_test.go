@@ -24,17 +24,17 @@ func init() {
 
 func TestErrPacket(t *testing.T) {
 	got := errPacket(1040, "Too many connections")
-	want := append([]byte{29, 0, 0, 0, 0xff, 0x10, 0x04, '#', '0', '8', '0', '0', '4'}, "Too many connections"...)
+	want := append([]byte{23, 0, 0, 0, 0xff, 0x10, 0x04}, "Too many connections"...)
 	if !bytes.Equal(got, want) {
 		t.Errorf("errPacket(1040) =\n%q, want\n%q", got, want)
 	}
 	got = errPacket(1105, "x")
-	want = []byte{10, 0, 0, 0, 0xff, 0x51, 0x04, '#', 'H', 'Y', '0', '0', '0', 'x'}
+	want = []byte{4, 0, 0, 0, 0xff, 0x51, 0x04, 'x'}
 	if !bytes.Equal(got, want) {
 		t.Errorf("errPacket(1105) =\n%q, want\n%q", got, want)
 	}
 	long := errPacket(1105, string(make([]byte, 10000)))
-	if n := int(long[0]) | int(long[1])<<8 | int(long[2])<<16; n != len(long)-4 || n != 9+maxErrMsg {
+	if n := int(long[0]) | int(long[1])<<8 | int(long[2])<<16; n != len(long)-4 || n != 3+maxErrMsg {
 		t.Errorf("long message: header length %d, packet %d bytes", n, len(long))
 	}
 }
@@ -92,7 +92,7 @@ func mysqlConnect(t testing.TB, addr string) (*sql.DB, error) {
 
 // wantMySQLError connects a MySQL client to addr and checks the error it
 // reports.
-func wantMySQLError(t *testing.T, addr string, num uint16, state, msg string) {
+func wantMySQLError(t *testing.T, addr string, num uint16, msg string) {
 	t.Helper()
 	db, err := mysqlConnect(t, addr)
 	db.Close()
@@ -103,8 +103,8 @@ func wantMySQLError(t *testing.T, addr string, num uint16, state, msg string) {
 	if !errors.As(err, &me) {
 		t.Fatalf("error %v (%T), want a *mysql.MySQLError", err, err)
 	}
-	if me.Number != num || string(me.SQLState[:]) != state || me.Message != msg {
-		t.Fatalf("got error %d (%s) %q, want %d (%s) %q", me.Number, me.SQLState[:], me.Message, num, state, msg)
+	if me.Number != num || me.Message != msg {
+		t.Fatalf("got error %d %q, want %d %q", me.Number, me.Message, num, msg)
 	}
 }
 
@@ -131,7 +131,7 @@ func TestNoDestinationError(t *testing.T) {
 	t.Run("all dials fail", func(t *testing.T) {
 		rt := newRouting(t, routing.FirstAvailable, refusedAddr(t), refusedAddr(t))
 		p := startRoute(t, Config{Name: "rw", ReadWrite: true}, rt, Options{})
-		wantMySQLError(t, p.Addr(), 1105, "HY000", msg)
+		wantMySQLError(t, p.Addr(), 1105, msg)
 		if rt.Available() {
 			t.Error("route still available after every dial failed")
 		}
@@ -141,7 +141,7 @@ func TestNoDestinationError(t *testing.T) {
 		rt := newRouting(t, routing.RoundRobin, be.addr())
 		rt.SetUp(0, false)
 		p := startRoute(t, Config{Name: "rw"}, rt, Options{})
-		wantMySQLError(t, p.Addr(), 1105, "HY000", msg)
+		wantMySQLError(t, p.Addr(), 1105, msg)
 	})
 }
 
@@ -153,7 +153,7 @@ func TestMaxConnectionsError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantMySQLError(t, p.Addr(), 1040, "08004", "Too many connections")
+	wantMySQLError(t, p.Addr(), 1040, "Too many connections")
 	first.Close()
 	eventually(t, "a free slot", func() bool {
 		db, err := mysqlConnect(t, p.Addr())

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -19,7 +20,31 @@ func TestDebugGraceful(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var pc *packet.Conn
+	if err := l.cl.do(func() error {
+		ifi, err := net.InterfaceByName("veth-cl")
+		if err != nil {
+			return err
+		}
+		pc, err = packet.Listen(ifi, packet.Raw, 0x0806, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
 	start := time.Now()
+	go func() {
+		b := make([]byte, 1500)
+		for {
+			n, _, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			if n >= 42 {
+				t.Logf("%4dms ARP op=%d from %s sip=%v tip=%v", time.Since(start).Milliseconds(), b[21], net.HardwareAddr(b[6:12]), net.IP(b[28:32]), net.IP(b[38:42]))
+			}
+		}
+	}()
 	r1.terminate()
 	last := ""
 	for time.Since(start) < 400*time.Millisecond {
@@ -44,7 +69,7 @@ func TestDebugGraceful(t *testing.T) {
 	t.Logf("signal at %s", start.UTC().Format("15:04:05.000000"))
 	for _, r := range []*router{r1, r2} {
 		for _, line := range strings.Split(r.log(), "\n") {
-			if strings.Contains(line, "state change") || strings.Contains(line, "shutting") || strings.Contains(line, "arp") || strings.Contains(line, "address") {
+			if r.h.id == "r2" || strings.Contains(line, "shutting") || strings.Contains(line, "arp") || strings.Contains(line, "address") {
 				t.Logf("%s: %s", r.h.id, line)
 			}
 		}

@@ -1,0 +1,92 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestReload checks configuration reloads: a broken file keeps the old
+// configuration running and is reported as FILE:LINE; `hamr ctl reload`
+// adds a route and changes another, while an unchanged route keeps its
+// open sessions and its sticky primary.
+func TestReload(t *testing.T) {
+	ctx := context.Background()
+	topo := Start(t, Options{})
+	rw, ro := rwRO(t, topo)
+	cfg := hamrConfig{Routes: []routeConfig{rw, ro}}
+	h := startHamr(t, cfg)
+	rwAddr, roAddr := Addr(rw.Port), Addr(ro.Port)
+	p0, p1, p2 := topo.Servers[0].Port, topo.Servers[1].Port, topo.Servers[2].Port
+
+	// Make the rw primary sticky on server 1, away from the first choice.
+	if err := topo.Kill(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPortVia(t, rwAddr); got != p1 {
+		t.Fatalf("after killing the primary rw reaches %d, want %d", got, p1)
+	}
+	if err := topo.Restart(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDest("rw", topo.Addr(0), true, 10*time.Second)
+
+	open, err := connect(ctx, rwAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Fatalf("session on rw: port %d, %v; want %d", got, err, p1)
+	}
+
+	t.Run("SIGHUP with a broken file keeps the old config", func(t *testing.T) {
+		text := cfg.TOML()
+		bad := fmt.Sprintf("bind_port = %d", ro.Port)
+		line := 1 + strings.Count(text[:strings.Index(text, bad)], "\n")
+		h.writeFile(strings.Replace(text, bad, "bind_port = 70000", 1))
+		h.signal(syscall.SIGHUP)
+		where := fmt.Sprintf("%s:%d", h.Config, line)
+		waitFor(t, 5*time.Second, "hamr to log "+where, func() (bool, error) {
+			return h.logContains(where), nil
+		})
+		if got := mustPortVia(t, rwAddr); got != p1 {
+			t.Errorf("rw after a failed reload reaches %d, want %d", got, p1)
+		}
+		if got := mustPortVia(t, roAddr); got != p1 && got != p2 {
+			t.Errorf("ro after a failed reload reaches %d, want a replica", got)
+		}
+		if got, err := open.port(ctx); err != nil || got != p1 {
+			t.Errorf("open rw session after a failed reload: port %d, %v; want %d", got, err, p1)
+		}
+	})
+
+	t.Run("ctl reload adds and changes routes", func(t *testing.T) {
+		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
+		ro2 := ro
+		ro2.Dests = []string{topo.Addr(2)}
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2, extra}})
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := portVia(ctx, Addr(extra.Port)); err != nil || got != p0 {
+			t.Errorf("new route after reload: port %d, %v; want %d", got, err, p0)
+		}
+		for range 4 {
+			if got := mustPortVia(t, roAddr); got != p2 {
+				t.Errorf("changed ro route after reload reaches %d, want only %d", got, p2)
+			}
+		}
+		for range 3 {
+			if got := mustPortVia(t, rwAddr); got != p1 {
+				t.Errorf("unchanged rw route after reload reaches %d, want its sticky primary %d", got, p1)
+			}
+		}
+		if got, err := open.port(ctx); err != nil || got != p1 {
+			t.Errorf("open session on the unchanged rw route after reload: port %d, %v; want it kept on %d", got, err, p1)
+		}
+	})
+}
