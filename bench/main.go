@@ -37,6 +37,7 @@ type options struct {
 	contenders   []string
 	workloads    []string
 	bulkBytes    int64
+	bulkReps     int
 	sysbenchTime time.Duration
 	sysbenchThr  []int
 	connTime     time.Duration
@@ -58,6 +59,7 @@ func quickOptions(o options) options {
 	o.quick = true
 	o.rounds = 1
 	o.bulkBytes = 64 << 20
+	o.bulkReps = 1
 	o.sysbenchTime = 2 * time.Second
 	o.connTime = time.Second
 	o.idleSessions = 200
@@ -77,6 +79,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&contenders, "contenders", "direct,hamr,haproxy", "comma-separated contenders")
 	fs.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma-separated workloads")
 	fs.Int64Var(&o.bulkBytes, "bulk-bytes", 1_000_000_000, "bytes per bulk measurement")
+	fs.IntVar(&o.bulkReps, "bulk-reps", 3, "interleaved bulk measurements per round, summed")
 	fs.DurationVar(&o.sysbenchTime, "sysbench-time", 10*time.Second, "duration of each sysbench run")
 	fs.DurationVar(&o.connTime, "conn-time", 5*time.Second, "duration of each connection-rate run")
 	fs.IntVar(&o.idleSessions, "idle", 10000, "idle sessions to open")
@@ -110,6 +113,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-rounds %d: want 1 to 20", o.rounds)
 	case o.bulkBytes < 1<<20 || o.bulkBytes > 100<<30:
 		return o, fmt.Errorf("-bulk-bytes %d: want 1 MiB to 100 GiB", o.bulkBytes)
+	case o.bulkReps < 1 || o.bulkReps > 20:
+		return o, fmt.Errorf("-bulk-reps %d: want 1 to 20", o.bulkReps)
 	case o.idleSessions < 1 || o.idleSessions > 50000:
 		return o, fmt.Errorf("-idle %d: want 1 to 50000", o.idleSessions)
 	case o.sysbenchTime < time.Second || o.sysbenchTime > 10*time.Minute:
@@ -147,6 +152,10 @@ func main() {
 		return
 	}
 	o.progress = os.Stderr
+	if err := resolvePaths(&o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -255,13 +264,11 @@ func (e *env) proxyKinds() (k []string) {
 	return k
 }
 
-// run performs a whole benchmark and writes the JSON and SVG files. The
-// report is returned even when err is not nil, with what was measured.
-func run(ctx context.Context, o options) (*Report, error) {
-	start := time.Now()
+// resolvePaths fills in the default output and source paths.
+func resolvePaths(o *options) error {
 	root, err := moduleRoot()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if o.src == "" {
 		o.src = root
@@ -272,6 +279,16 @@ func run(ctx context.Context, o options) (*Report, error) {
 	if o.svgPath == "" {
 		o.svgPath = filepath.Join(root, "bench", "results.svg")
 	}
+	return nil
+}
+
+// run performs a whole benchmark and writes the JSON and SVG files. The
+// report is returned even when err is not nil, with what was measured.
+func run(ctx context.Context, o options) (*Report, error) {
+	start := time.Now()
+	if err := resolvePaths(&o); err != nil {
+		return nil, err
+	}
 	rep := &Report{
 		Started: start.UTC().Truncate(time.Second),
 		Command: "go run ./bench " + strings.Join(os.Args[1:], " "),
@@ -280,7 +297,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 		Quick:   o.quick,
 	}
 	e := &env{o: o, rep: rep}
-	err = e.setupAndRun(ctx)
+	err := e.setupAndRun(ctx)
 	stopAll()
 	rep.Duration = time.Since(start).Round(time.Second).String()
 	rep.finish()
@@ -456,7 +473,6 @@ func (e *env) round(ctx context.Context, round int) error {
 		{"bulk", e.runBulk},
 		{"pointselect", e.runPointSelect},
 		{"connrate", e.runConnRate},
-		{"idle", e.runIdle},
 	}
 	for _, s := range steps {
 		if !e.wants(s.name) {
@@ -472,6 +488,11 @@ func (e *env) round(ctx context.Context, round int) error {
 		}
 		t.px.stop()
 	}
+	if e.wants("idle") {
+		if err := e.runIdle(ctx, round); err != nil {
+			return err
+		}
+	}
 	if e.wants("failover") && e.foA != nil {
 		return e.runFailover(ctx, round)
 	}
@@ -486,6 +507,12 @@ func (e *env) alive(t *target, what string) bool {
 		return false
 	}
 	return true
+}
+
+type bulkSum struct {
+	elapsed time.Duration
+	cpu     float64
+	hasCPU  bool
 }
 
 func (e *env) runBulk(ctx context.Context, targets []*target) error {
@@ -505,25 +532,44 @@ func (e *env) runBulk(ctx context.Context, targets []*target) error {
 			if streams > 1 {
 				wl += "s"
 			}
+			// Several interleaved passes per round: loopback throughput
+			// on a shared machine swings from one second to the next.
+			sums := make(map[string][]bulkSum)
+			for range e.o.bulkReps {
+				for _, t := range targets {
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					if !e.alive(t, wl) {
+						continue
+					}
+					cpu0, hasCPU := t.cpu()
+					elapsed, err := bulkTransfer(ctx, t.addrs["bulk"], dir.op, streams, e.o.bulkBytes)
+					cpu1, _ := t.cpu()
+					if err != nil {
+						e.rep.errorf("%s %s: %v", wl, t.name, err)
+						continue
+					}
+					sums[t.name] = append(sums[t.name], bulkSum{elapsed, cpu1 - cpu0, hasCPU})
+				}
+			}
 			for _, t := range targets {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				if !e.alive(t, wl) {
+				ss := sums[t.name]
+				if len(ss) == 0 {
 					continue
 				}
-				cpu0, hasCPU := t.cpu()
-				elapsed, err := bulkTransfer(ctx, t.addrs["bulk"], dir.op, streams, e.o.bulkBytes)
-				cpu1, _ := t.cpu()
-				if err != nil {
-					e.rep.errorf("%s %s: %v", wl, t.name, err)
-					continue
+				var elapsed time.Duration
+				var cpu float64
+				for _, x := range ss {
+					elapsed += x.elapsed
+					cpu += x.cpu
 				}
-				gbits := float64(e.o.bulkBytes) * 8 / elapsed.Seconds() / 1e9
+				bytes := float64(e.o.bulkBytes) * float64(len(ss))
+				gbits := bytes * 8 / elapsed.Seconds() / 1e9
 				e.rep.add(metricDef{Workload: wl, Metric: "throughput", Unit: "Gbit/s", Chart: true, Goal: true}, t.name, gbits)
 				line := fmt.Sprintf("%-22s %-8s %6.2f Gbit/s", wl, t.name, gbits)
-				if hasCPU {
-					perGB := (cpu1 - cpu0) / (float64(e.o.bulkBytes) / 1e9)
+				if ss[0].hasCPU {
+					perGB := cpu / (bytes / 1e9)
 					e.rep.add(metricDef{Workload: wl, Metric: "proxy CPU", Unit: "CPU-s/GB", Lower: true}, t.name, perGB)
 					line += fmt.Sprintf("  %.3f CPU-s/GB", perGB)
 				}
@@ -606,34 +652,43 @@ func (e *env) runConnRate(ctx context.Context, targets []*target) error {
 	return nil
 }
 
-func (e *env) runIdle(ctx context.Context, targets []*target) error {
-	wl := "idle sessions"
-	for _, t := range targets {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if t.px == nil || !e.alive(t, wl) {
-			continue // direct has no proxy to weigh
-		}
+// runIdle weighs idle sessions on a fresh instance of each proxy, so that
+// nothing earlier workloads left behind (buffers, pooled splice pipes)
+// counts in the baseline or hides the sessions' own cost.
+func (e *env) runIdle(ctx context.Context, round int) error {
+	const wl = "idle sessions"
+	for _, kind := range e.proxyKinds() {
 		n := e.o.idleSessions
-		r, err := measureIdle(ctx, t.addrs["idle"], t.px.pid(), e.idle, n)
-		if err != nil && n >= 1000 && ctx.Err() == nil {
+		r, err := e.idleOnce(ctx, kind, round, n)
+		if err != nil && n >= 400 && ctx.Err() == nil {
 			// Still weigh a session, with fewer of them.
-			e.rep.errorf("%s %s: %d sessions: %v; measuring %d instead", wl, t.name, n, err, n/10)
-			n /= 10
-			time.Sleep(2 * time.Second) // let the proxy close the failed ones
-			r, err = measureIdle(ctx, t.addrs["idle"], t.px.pid(), e.idle, n)
+			e.rep.errorf("%s %s: %d sessions: %v; measuring %d on a fresh %s", wl, kind, n, err, n/4, kind)
+			n /= 4
+			r, err = e.idleOnce(ctx, kind, round, n)
 		}
 		if err != nil {
-			e.rep.errorf("%s %s: %v", wl, t.name, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			e.rep.errorf("%s %s: %v", wl, kind, err)
 			continue
 		}
 		kib := r.rssPerSession / 1024
-		e.rep.add(metricDef{Workload: wl, Metric: "proxy RSS", Unit: "KiB/session", Lower: true, Goal: true}, t.name, kib)
-		e.rep.add(metricDef{Workload: wl, Metric: "proxy fds", Unit: "fds/session", Lower: true}, t.name, r.fdsPerSession)
-		e.logf("%-22s %-8s %6.1f KiB/session  %.2f fds/session (%d sessions)", wl, t.name, kib, r.fdsPerSession, n)
+		e.rep.add(metricDef{Workload: wl, Metric: "proxy RSS", Unit: "KiB/session", Lower: true, Goal: true}, kind, kib)
+		e.rep.add(metricDef{Workload: wl, Metric: "proxy fds", Unit: "fds/session", Lower: true}, kind, r.fdsPerSession)
+		e.logf("%-22s %-8s %6.1f KiB/session  %.2f fds/session (%d sessions)", wl, kind, kib, r.fdsPerSession, n)
 	}
 	return nil
+}
+
+func (e *env) idleOnce(ctx context.Context, kind string, round, n int) (idleResult, error) {
+	rs := []route{{name: "idle", dests: []string{e.idle.addr()}}}
+	px, err := startProxy(kind, e.hamrBin, filepath.Join(e.tmp, fmt.Sprintf("%s-idle-%d-%d", kind, round, n)), rs)
+	if err != nil {
+		return idleResult{}, err
+	}
+	defer px.stop()
+	return measureIdle(ctx, px.routes["idle"], px.pid(), e.idle, n)
 }
 
 // runFailover measures each proxy once: a fresh instance routes to A then

@@ -205,6 +205,10 @@ func TestLoginChecksDoNotBlockHost(t *testing.T) {
 	})
 
 	before = aborted()
+	clientsBefore, err := topo.GlobalStatus(ctx, 0, "Aborted_clients")
+	if err != nil {
+		t.Fatal(err)
+	}
 	connsBefore, err := topo.GlobalStatus(ctx, 0, "Connections")
 	if err != nil {
 		t.Fatal(err)
@@ -217,13 +221,23 @@ func TestLoginChecksDoNotBlockHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	clients, err := topo.GlobalStatus(ctx, 0, "Aborted_clients")
+	if err != nil {
+		t.Fatal(err)
+	}
 	checks := conns - connsBefore
-	t.Logf("3 s of login checks: %d connections, Aborted_connects %d -> %d", checks, before, after)
+	t.Logf("3 s of login checks: %d connections, Aborted_connects %d -> %d, Aborted_clients %d -> %d",
+		checks, before, after, clientsBefore, clients)
 	if checks < 20 {
 		t.Errorf("only %d connections reached the server in 3 s of checks every 50 ms; are the checks running?", checks)
 	}
 	if after != before {
 		t.Errorf("Aborted_connects grew from %d to %d during login-level checks; want no aborted connect", before, after)
+	}
+	// A check that logs in and then drops the connection without COM_QUIT
+	// is an aborted client: a warning in the server's error log each time.
+	if clients != clientsBefore {
+		t.Errorf("Aborted_clients grew from %d to %d during login-level checks; want each check to end with COM_QUIT", clientsBefore, clients)
 	}
 	if up, err := h.destUp("rw", topo.Addr(0)); err != nil || !up {
 		t.Errorf("/status: destination up = %v (%v), want up", up, err)

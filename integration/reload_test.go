@@ -17,7 +17,7 @@ func TestReload(t *testing.T) {
 	ctx := context.Background()
 	topo := Start(t, Options{})
 	rw, ro := rwRO(t, topo)
-	cfg := hamrConfig{Routes: []routeConfig{rw, ro}}
+	cfg := hamrConfig{Admin: Addr(freePorts(t, 1)[0]), Routes: []routeConfig{rw, ro}}
 	h := startHamr(t, cfg)
 	rwAddr, roAddr := Addr(rw.Port), Addr(ro.Port)
 	p0, p1, p2 := topo.Servers[0].Port, topo.Servers[1].Port, topo.Servers[2].Port

@@ -217,22 +217,30 @@ func (r *Route) Sessions() []int {
 	return n
 }
 
+// StopAccepting closes the listening socket for good, so that another
+// route can bind the address at once; open sessions go on. Shutdown
+// calls it first.
+func (r *Route) StopAccepting() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopping {
+		return
+	}
+	r.stopping = true
+	close(r.stop)
+	if r.ln != nil {
+		r.ln.Close()
+		r.ln = nil
+	}
+	r.log.Info("shutting down; draining sessions", "sessions", r.open())
+}
+
 // Shutdown stops accepting clients and waits for open sessions to end.
 // When ctx is done it closes the sessions still open and returns ctx's
 // error once they are gone. It always returns after every goroutine of
 // the Route has ended; it returns nil when the sessions ended by themselves.
 func (r *Route) Shutdown(ctx context.Context) error {
-	r.mu.Lock()
-	if !r.stopping {
-		r.stopping = true
-		close(r.stop)
-		if r.ln != nil {
-			r.ln.Close()
-			r.ln = nil
-		}
-		r.log.Info("shutting down; draining sessions", "sessions", r.open())
-	}
-	r.mu.Unlock()
+	r.StopAccepting()
 
 	done := make(chan struct{})
 	go func() {

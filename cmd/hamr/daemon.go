@@ -355,6 +355,7 @@ func (d *daemon) removeRoute(name string) {
 	r := d.routes[name]
 	delete(d.routes, name)
 	r.cancel()
+	r.px.StopAccepting() // now, so that a replacement can bind the port
 	timeout := d.cfg.Global.DrainTimeout
 	d.drains.Add(1)
 	go func() {

@@ -55,7 +55,7 @@ func TestUnprivileged(t *testing.T) {
 			t.Fatalf("client: %v", err)
 		}
 		r.terminate()
-		if !r.waitExit(5 * time.Second) {
+		if !r.waitExit(drainTimeout + 3*time.Second) {
 			t.Fatal("hamr did not exit after SIGTERM")
 		}
 		if r.waitErr != nil {

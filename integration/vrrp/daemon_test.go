@@ -35,7 +35,8 @@ type routerConf struct {
 	advert    time.Duration
 	version   int // 3 (default) or 2 with PASS auth
 	nopreempt bool
-	unicast   []string // unicast peers; none = multicast
+	unicast   bool     // advertise to the other router instead of 224.0.0.18
+	peers     []string // the unicast peers; filled in by lab.router
 }
 
 func (c routerConf) withDefaults() routerConf {
@@ -250,8 +251,11 @@ func (l *lab) startKeepalived(h *host, c routerConf) *router {
 		if _, err := readPid(vrrpPid); err == nil {
 			break
 		}
-		if !r.running() || time.Now().After(deadline) {
-			l.t.Fatalf("keepalived in %s wrote no VRRP pid file %s (exit: %v)", h.id, vrrpPid, r.waitErr)
+		if !r.running() {
+			l.t.Fatalf("keepalived in %s exited (%v) before writing its VRRP pid file", h.id, r.waitErr)
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("keepalived in %s wrote no VRRP pid file %s within 5s", h.id, vrrpPid)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -270,9 +274,9 @@ func keepalivedConf(h *host, c routerConf) string {
 	if c.nopreempt {
 		b.WriteString("\tnopreempt\n")
 	}
-	if len(c.unicast) > 0 {
+	if len(c.peers) > 0 {
 		fmt.Fprintf(&b, "\tunicast_src_ip %s\n\tunicast_peer {\n", h.addr)
-		for _, p := range c.unicast {
+		for _, p := range c.peers {
 			fmt.Fprintf(&b, "\t\t%s\n", p)
 		}
 		b.WriteString("\t}\n")

@@ -65,10 +65,17 @@ func requireHamr(t testing.TB) {
 
 const adminAddr = "127.0.0.1:8081" // on each namespace's own loopback
 
+// drainTimeout bounds a graceful stop of hamr in the lab. Sessions a
+// client opened through the VIP just before the stop cannot finish once
+// the VIP has moved (the client's packets go to the other host), so a
+// graceful stop with such a session open lasts the whole drain timeout.
+const drainTimeout = 2 * time.Second
+
 // hamrConf is the TOML for one router: VI_1 and a read-write route on
 // VIP:7001 to the responder on the host's loopback.
 func hamrConf(h *host, c routerConf) string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n", drainTimeout)
 	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
 	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, c.priority)
 	fmt.Fprintf(&b, "advert_int = %q\nversion = %d\n", c.advert, c.version)
@@ -78,8 +85,8 @@ func hamrConf(h *host, c routerConf) string {
 	if c.nopreempt {
 		b.WriteString("nopreempt = true\n")
 	}
-	if len(c.unicast) > 0 {
-		fmt.Fprintf(&b, "unicast_peers = [\"%s\"]\n", strings.Join(c.unicast, `", "`))
+	if len(c.peers) > 0 {
+		fmt.Fprintf(&b, "unicast_peers = [\"%s\"]\n", strings.Join(c.peers, `", "`))
 	}
 	fmt.Fprintf(&b, "virtual_ipaddress = [%q]\n\n", vipPrefix)
 	fmt.Fprintf(&b, "[routing.rw]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n",

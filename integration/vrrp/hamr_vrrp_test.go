@@ -38,7 +38,7 @@ func TestHamrPreempt(t *testing.T) {
 			if _, err := p.waitHost("r2", time.Time{}, 5*time.Second); err != nil {
 				t.Fatalf("after r1 stopped: %v", err)
 			}
-			if !r1.waitExit(5 * time.Second) {
+			if !r1.waitExit(drainTimeout + 3*time.Second) {
 				t.Fatal("hamr in r1 did not exit after SIGTERM")
 			}
 
@@ -135,7 +135,7 @@ func TestUnicast(t *testing.T) {
 			l := newLab(t)
 			l.blockMulticast()
 			c := fast
-			c.unicast = []string{"peer"} // pairUp fills in the other router
+			c.unicast = true
 			d := l.takeover(kind, kind, c, false)
 			t.Logf("%s unicast crash takeover at advert %v: %v", kind, c.advert, d.Round(time.Millisecond))
 		})

@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"testing"
@@ -21,6 +22,14 @@ var vipService = net.JoinHostPort(vipAddr, strconv.Itoa(vipPort))
 // address, for hamr a responder on loopback behind hamr's own route.
 func (l *lab) router(kind string, h *host, c routerConf) *router {
 	l.t.Helper()
+	c = c.withDefaults()
+	if c.unicast {
+		peer := l.r1
+		if h == l.r1 {
+			peer = l.r2
+		}
+		c.peers = []string{peer.addr}
+	}
 	switch kind {
 	case kindKeepalived:
 		l.serve(h, fmt.Sprintf(":%d", vipPort))
@@ -60,9 +69,6 @@ func (l *lab) pairUp(kind1, kind2 string, c routerConf) (r1, r2 *router, p *prob
 	c = c.withDefaults()
 	c1, c2 := c, c
 	c1.priority, c2.priority = 120, 100
-	if len(c.unicast) > 0 {
-		c1.unicast, c2.unicast = []string{l.r2.addr}, []string{l.r1.addr}
-	}
 	r1 = l.router(kind1, l.r1, c1)
 	r1.waitState("MASTER", startTimeout(c))
 	l.r1.waitVIP(l.t, true, 2*time.Second)
@@ -90,6 +96,9 @@ func (l *lab) takeover(kind1, kind2 string, c routerConf, graceful bool) time.Du
 	l.t.Helper()
 	c = c.withDefaults()
 	r1, r2, p := l.pairUp(kind1, kind2, c)
+	// A crash lands anywhere between two adverts: take a random phase, so
+	// the measured times average over it instead of repeating one phase.
+	time.Sleep(rand.N(c.advert))
 	start := time.Now()
 	if graceful {
 		r1.terminate()
@@ -102,8 +111,9 @@ func (l *lab) takeover(kind1, kind2 string, c routerConf, graceful bool) time.Du
 	}
 	r2.waitState("MASTER", 5*time.Second)
 	l.r2.waitVIP(l.t, true, time.Second)
-	if !r1.waitExit(5 * time.Second) {
-		l.t.Errorf("%s in r1 still running 5s after %s", kind1, map[bool]string{true: "SIGTERM", false: "SIGKILL"}[graceful])
+	if !r1.waitExit(drainTimeout + 3*time.Second) {
+		l.t.Errorf("%s in r1 still running %v after %s", kind1, time.Since(start).Round(time.Millisecond),
+			map[bool]string{true: "SIGTERM", false: "SIGKILL"}[graceful])
 	}
 	if graceful && l.r1.hasVIP(l.t) {
 		l.t.Errorf("%s in r1 left the VIP behind after a graceful stop", kind1)

@@ -45,6 +45,7 @@ func TestTakeoverTimes(t *testing.T) {
 			cells = append(cells, cell{graceful, advert})
 		}
 	}
+	loadBefore := loadavg()
 	kinds := []string{kindKeepalived, kindHamr}
 	results := map[cell]map[string][]time.Duration{}
 	for _, c := range cells {
@@ -65,7 +66,8 @@ func TestTakeoverTimes(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("# VRRP takeover times\n\n")
 	b.WriteString("Written by `HAMR_TAKEOVER_TIMES=1 go test -run TestTakeoverTimes -v ./integration/vrrp`\n")
-	fmt.Fprintf(&b, "on %s (%s).\n\n", time.Now().UTC().Format("2006-01-02"), machine())
+	fmt.Fprintf(&b, "on %s (%s; load average %s before, %s after).\n\n",
+		time.Now().UTC().Format("2006-01-02"), machine(), loadBefore, loadavg())
 	b.WriteString("Milliseconds from the signal sent to the master r1 (priority 120) until\n")
 	b.WriteString("the client in a third namespace gets its first TCP answer from r2\n")
 	b.WriteString("(priority 100) through the VIP; new connections every few ms with a\n")
@@ -132,4 +134,18 @@ func machine() string {
 		ka, _, _ = strings.Cut(strings.TrimSpace(string(out)), " (")
 	}
 	return fmt.Sprintf("%s; %s, %d CPUs", ka, model, runtime.NumCPU())
+}
+
+// loadavg is the one-minute load average: on a shared machine, numbers
+// taken under load show scheduling delays, not VRRP.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
