@@ -140,8 +140,8 @@ func (c *Checker) probe(ctx context.Context, dial client.Dialer) result {
 		r = c.role(mc)
 	}
 	// COM_QUIT: the server then counts neither an aborted connect nor an
-	// aborted client.
-	if err := mc.Close(); err != nil && r.ok {
+	// aborted client. (go-mysql's Close would only close the socket.)
+	if err := mc.Quit(); err != nil && r.ok {
 		return failed(classLogin, "login: quit: "+describe(err))
 	}
 	return r

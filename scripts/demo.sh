@@ -49,9 +49,9 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM # Ctrl-C is how the demo ends
 
 echo "demo: building hamr"
-go build -o "$dir/hamr" ./cmd/hamr
+go build -o bin/hamr ./cmd/hamr
 go build -o "$dir/topology" ./integration/cmd/topology
-hamr=$dir/hamr
+hamr=bin/hamr
 
 echo "demo: starting MariaDB on 127.0.0.1:13306 (primary), 13307 and 13308 (replicas)"
 "$dir/topology" --base-port 13306 --dir "$dir/db" >"$dir/topology.log" 2>&1 &
