@@ -137,7 +137,7 @@ func (c *Checker) probe(ctx context.Context, dial client.Dialer) result {
 
 	r := result{ok: true, class: classOK, reason: "ok", role: RoleUnknown}
 	if c.cfg.Level == LevelRole {
-		r = c.role(mc)
+		r = c.safeRole(mc)
 	}
 	// COM_QUIT: the server then counts neither an aborted connect nor an
 	// aborted client. (go-mysql's Close would only close the socket.)
@@ -161,6 +161,17 @@ func connect(ctx context.Context, cfg Config, dial client.Dialer) (mc *client.Co
 		}
 	}()
 	return client.ConnectWithDialer(ctx, "tcp", cfg.Addr, cfg.User, cfg.Password, "", dial)
+}
+
+// safeRole is role, with a panic of the client while it reads the server's
+// answers turned into a failed check, as in connect.
+func (c *Checker) safeRole(mc *client.Conn) (r result) {
+	defer func() {
+		if p := recover(); p != nil {
+			r = failed(classQuery, fmt.Sprintf("query: %v: %v", errClientPanic, p))
+		}
+	}()
+	return c.role(mc)
 }
 
 // replica is one row of SHOW REPLICA STATUS.

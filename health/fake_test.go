@@ -31,8 +31,8 @@ type fakeState struct {
 // It answers the role check's queries from its state, which tests change
 // with set, and counts the connections that ended with COM_QUIT.
 type fakeDB struct {
-	addr string
-	ln   net.Listener
+	addr   string
+	ln     net.Listener
 	srv    *server.Server
 	plugin string
 	users  map[string]string
@@ -223,7 +223,7 @@ func (fakeHandler) HandleStmtPrepare(string) (int, int, any, error) {
 func (fakeHandler) HandleStmtExecute(any, string, []any) (*mysql.Result, error) {
 	return nil, errUnsupported
 }
-func (fakeHandler) HandleStmtClose(any) error            { return nil }
+func (fakeHandler) HandleStmtClose(any) error             { return nil }
 func (fakeHandler) HandleOtherCommand(byte, []byte) error { return errUnsupported }
 
 // hungServer accepts connections on 127.0.0.1 and never writes a byte. It

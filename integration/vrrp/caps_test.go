@@ -47,8 +47,12 @@ func TestUnprivileged(t *testing.T) {
 		r.admin = adminAddr
 		r.waitState("MASTER", startTimeout(c))
 		l.r1.waitVIP(t, true, 2*time.Second)
-		if uid, err := procUID(r.cmd.Process.Pid); err != nil || uid != u.Uid {
+		if uid, err := procStatus(r.cmd.Process.Pid, "Uid"); err != nil || uid != u.Uid {
 			t.Fatalf("hamr runs as uid %q (%v), want %s (nobody)", uid, err, u.Uid)
+		}
+		// CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
+		if eff, err := procStatus(r.cmd.Process.Pid, "CapEff"); err != nil || eff != "0000000000003000" {
+			t.Fatalf("hamr's effective capabilities are %q (%v), want 0000000000003000", eff, err)
 		}
 		p := l.startProbe(vipService)
 		if _, err := p.waitHost("r1", time.Time{}, 5*time.Second); err != nil {
@@ -86,16 +90,16 @@ func TestUnprivileged(t *testing.T) {
 	})
 }
 
-// procUID is the real user ID of pid.
-func procUID(pid int) (string, error) {
+// procStatus is the first field of the line key: in /proc/PID/status.
+func procStatus(pid int, key string) (string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "", err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == key+":" {
 			return f[1], nil
 		}
 	}
-	return "", fmt.Errorf("/proc/%d/status: no Uid line", pid)
+	return "", fmt.Errorf("/proc/%d/status: no %s line", pid, key)
 }

@@ -73,6 +73,7 @@ func (l *lab) start(kind string, h *host, name string, args ...string) *router {
 		close(r.done)
 	}()
 	l.t.Cleanup(r.cleanup)
+	l.routers = append(l.routers, r)
 	return r
 }
 
@@ -88,12 +89,17 @@ func (r *router) cleanup() {
 	}
 	r.killChild() // a keepalived child left behind by a crashed parent
 	if r.t.Failed() {
-		b, _ := os.ReadFile(r.logPath)
-		if len(b) > 8000 {
-			b = b[len(b)-8000:]
-		}
-		r.t.Logf("--- %s in %s (%s), last lines:\n%s", r.kind, r.h.id, r.logPath, b)
+		r.logTail()
 	}
+}
+
+// logTail shows the end of the router's log in the test's output.
+func (r *router) logTail() {
+	b, _ := os.ReadFile(r.logPath)
+	if len(b) > 8000 {
+		b = b[len(b)-8000:]
+	}
+	r.t.Logf("--- %s in %s (%s), last lines:\n%s", r.kind, r.h.id, r.logPath, b)
 }
 
 func (r *router) running() bool {

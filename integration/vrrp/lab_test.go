@@ -65,6 +65,7 @@ type lab struct {
 	r1, r2, cl *host
 
 	serving map[string]bool // responders started, by host and address
+	routers []*router       // every router started, in order
 }
 
 // newLab builds a lab and registers its removal with t.Cleanup. Cleanups

@@ -57,6 +57,12 @@ func TestTakeoverTimes(t *testing.T) {
 					l := newLab(t)
 					d := l.takeover(kind, kind, routerConf{advert: c.advert}, c.graceful)
 					t.Logf("%v", d.Round(time.Millisecond))
+					if timer := rfcTimer(c.advert, 100, c.graceful); d > 2*timer+200*time.Millisecond {
+						t.Logf("slow takeover (RFC timer %v): the routers' logs follow", timer)
+						for _, r := range l.routers {
+							r.logTail()
+						}
+					}
 					results[c][kind] = append(results[c][kind], d)
 				})
 			}
