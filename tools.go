@@ -7,8 +7,8 @@ import (
 	_ "github.com/BurntSushi/toml"
 	_ "github.com/go-mysql-org/go-mysql/client"
 	_ "github.com/go-mysql-org/go-mysql/mysql"
-	_ "github.com/go-mysql-org/go-mysql/server"
 	_ "github.com/go-mysql-org/go-mysql/packet"
+	_ "github.com/go-mysql-org/go-mysql/server"
 	_ "github.com/go-sql-driver/mysql"
 	_ "github.com/mdlayher/packet"
 	_ "github.com/prometheus/client_golang/prometheus"
@@ -20,4 +20,3 @@ import (
 	_ "golang.org/x/sync/errgroup"
 	_ "golang.org/x/sys/unix"
 )
-
