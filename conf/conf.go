@@ -9,7 +9,7 @@ import (
 
 // Config is a whole hamr configuration file after defaults are applied and
 // validation has passed. Load and Parse return it; nothing else constructs
-// one outside tests. docs/config.md describes every key.
+// one outside tests. README.md (Configuration) describes every key.
 type Config struct {
 	File   string   // path the configuration was read from
 	Global Global   // [global]

@@ -8,7 +8,7 @@
 //
 // so that `hamr check` can show all of them at once. Section and key names
 // follow mysqlrouter.conf ([routing.NAME]) and keepalived.conf
-// ([vrrp.NAME]); docs/config.md maps one onto the other.
+// ([vrrp.NAME]); README.md (Configuration) maps one onto the other.
 //
 // A Config is plain data: conf opens no sockets and reads no files other
 // than the one named in Load.

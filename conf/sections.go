@@ -16,7 +16,7 @@ import (
 var (
 	topHints = map[string]string{
 		"vrrp_instance": "keepalived-style section (use [vrrp.NAME])",
-		"DEFAULT":       "mysqlrouter's [DEFAULT] has no equivalent (see docs/config.md)",
+		"DEFAULT":       "mysqlrouter's [DEFAULT] has no equivalent (see README.md, Configuration)",
 	}
 	routeHints = map[string]string{
 		"routing_strategy":       "use strategy",
