@@ -57,7 +57,13 @@ func build(out, pkg string) error {
 	if root := os.Getenv("GOROOT"); root != "" {
 		gocmd = filepath.Join(root, "bin", "go")
 	}
-	cmd := exec.Command(gocmd, "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		// The daemon gets the race detector too: a race in hamr makes it
+		// exit non-zero, which fails the test that ran it.
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(gocmd, append(args, pkg)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
