@@ -167,12 +167,12 @@ func (r *Report) checkTargets() []Target {
 	}
 	for _, row := range r.Rows {
 		v, ok := row.Median[hamr]
-		switch row.Metric {
-		case "proxy CPU-s/GB":
+		switch row.Unit {
+		case "CPU-s/GB":
 			check(row.Workload+": hamr CPU-s per GB", "<= 0.35", v, ok, func(v float64) bool { return v <= 0.35 })
-		case "proxy CPU µs/query":
+		case "µs/query":
 			check(row.Workload+": hamr CPU µs per query", "<= 12", v, ok, func(v float64) bool { return v <= 12 })
-		case "RSS KiB/session":
+		case "KiB/session":
 			check("idle: hamr KiB per session", "<= 16", v, ok, func(v float64) bool { return v <= 16 })
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -495,6 +496,9 @@ func (d *daemon) startVRRP(vc *conf.VRRP) error {
 	go func() {
 		defer close(v.done)
 		if err := in.Run(ctx); err != nil {
+			if errors.Is(err, syscall.EPERM) {
+				err = fmt.Errorf("%w (VRRP needs CAP_NET_RAW and CAP_NET_ADMIN, or root)", err)
+			}
 			select {
 			case d.fatal <- fmt.Errorf("vrrp %s: %w", vc.Name, err):
 			default:
@@ -528,14 +532,27 @@ func (d *daemon) stop(ctx context.Context) {
 }
 
 func (d *daemon) stopLocked(ctx context.Context) {
-	for name := range d.vrrps {
+	// Sessions through a VIP this host gives up cannot finish: the
+	// client's packets now reach the other router. Close them at once
+	// rather than wait out the drain timeout.
+	released := make(map[string]bool)
+	for name, v := range d.vrrps {
+		for _, p := range v.cfg.VirtualIPAddress {
+			released[p.Addr().String()] = true
+		}
 		d.stopVRRP(name)
 	}
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
 	var wg sync.WaitGroup
 	for _, r := range d.routes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ctx := ctx
+			if released[r.cfg.BindAddress] {
+				ctx = gone
+			}
 			if err := r.px.Shutdown(ctx); err != nil {
 				d.log.Warn("drain deadline reached; remaining sessions closed", "route", r.name, "err", err)
 			}

@@ -59,7 +59,7 @@ func TestUnprivileged(t *testing.T) {
 			t.Fatalf("client: %v", err)
 		}
 		r.terminate()
-		if !r.waitExit(drainTimeout + 3*time.Second) {
+		if !r.waitExit(stopWait) {
 			t.Fatal("hamr did not exit after SIGTERM")
 		}
 		if r.waitErr != nil {

@@ -65,11 +65,14 @@ func requireHamr(t testing.TB) {
 
 const adminAddr = "127.0.0.1:8081" // on each namespace's own loopback
 
-// drainTimeout bounds a graceful stop of hamr in the lab. Sessions a
-// client opened through the VIP just before the stop cannot finish once
-// the VIP has moved (the client's packets go to the other host), so a
-// graceful stop with such a session open lasts the whole drain timeout.
-const drainTimeout = 2 * time.Second
+// drainTimeout is long on purpose: sessions a client opened through the
+// VIP just before a stop cannot finish once the VIP has moved (the
+// client's packets go to the other host), so hamr must close them at once
+// instead of waiting for it. Tests expect an exit within stopWait.
+const drainTimeout = 30 * time.Second
+
+// stopWait bounds a graceful stop: resign, close the VIP's sessions, exit.
+const stopWait = 5 * time.Second
 
 // hamrConf is the TOML for one router: VI_1 and a read-write route on
 // VIP:7001 to the responder on the host's loopback.

@@ -38,7 +38,7 @@ func TestHamrPreempt(t *testing.T) {
 			if _, err := p.waitHost("r2", time.Time{}, 5*time.Second); err != nil {
 				t.Fatalf("after r1 stopped: %v", err)
 			}
-			if !r1.waitExit(drainTimeout + 3*time.Second) {
+			if !r1.waitExit(stopWait) {
 				t.Fatal("hamr in r1 did not exit after SIGTERM")
 			}
 

@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Lab addresses.
@@ -367,4 +369,48 @@ func (p *probe) current() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.last
+}
+
+// adverts reports the arrival, seen from the client's interface, of every
+// VRRP advert src sends, until the test ends.
+func (l *lab) adverts(src string) <-chan time.Time {
+	l.t.Helper()
+	var c *packet.Conn
+	err := l.cl.do(func() error {
+		ifi, err := net.InterfaceByName(l.cl.link)
+		if err != nil {
+			return err
+		}
+		c, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_IP, nil)
+		return err
+	})
+	if err != nil {
+		l.t.Fatalf("capturing adverts in the client: %v", err)
+	}
+	want := net.ParseIP(src).To4()
+	ch := make(chan time.Time, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := make([]byte, 1600)
+		for {
+			n, _, err := c.ReadFrom(b)
+			if err != nil {
+				return // closed by cleanup
+			}
+			// Ethernet (14) + IPv4: protocol at 9, source at 12.
+			if n < 34 || b[14+9] != 112 || !net.IP(b[26:30]).Equal(want) {
+				continue
+			}
+			select {
+			case ch <- time.Now():
+			default: // nobody waiting: keep only the oldest unread
+			}
+		}
+	}()
+	l.t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	return ch
 }

@@ -2,7 +2,6 @@ package vrrp
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"testing"
@@ -95,10 +94,21 @@ func (l *lab) pairUp(kind1, kind2 string, c routerConf) (r1, r2 *router, p *prob
 func (l *lab) takeover(kind1, kind2 string, c routerConf, graceful bool) time.Duration {
 	l.t.Helper()
 	c = c.withDefaults()
+	var adverts <-chan time.Time
+	if !c.unicast { // the client sees only multicast adverts
+		adverts = l.adverts(l.r1.addr)
+	}
 	r1, r2, p := l.pairUp(kind1, kind2, c)
-	// A crash lands anywhere between two adverts: take a random phase, so
-	// the measured times average over it instead of repeating one phase.
-	time.Sleep(rand.N(c.advert))
+	// Signal r1 just after one of its adverts went by, so that a crash
+	// always measures the whole Master_Down_Interval (the RFC timer)
+	// instead of a random part of the last advert interval.
+	for i := 0; adverts != nil && i < 2; i++ { // the first may have waited in the channel
+		select {
+		case <-adverts:
+		case <-time.After(3 * c.advert):
+			l.t.Fatalf("the client saw no advert from r1 for %v", 3*c.advert)
+		}
+	}
 	start := time.Now()
 	if graceful {
 		r1.terminate()
@@ -111,7 +121,7 @@ func (l *lab) takeover(kind1, kind2 string, c routerConf, graceful bool) time.Du
 	}
 	r2.waitState("MASTER", 5*time.Second)
 	l.r2.waitVIP(l.t, true, time.Second)
-	if !r1.waitExit(drainTimeout + 3*time.Second) {
+	if !r1.waitExit(stopWait) {
 		l.t.Errorf("%s in r1 still running %v after %s", kind1, time.Since(start).Round(time.Millisecond),
 			map[bool]string{true: "SIGTERM", false: "SIGKILL"}[graceful])
 	}
