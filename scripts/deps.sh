@@ -6,7 +6,7 @@ set -euo pipefail
 want=(mariadb-server mariadb-client)
 case "${1:-test}" in
 demo) ;;
-test) want+=(keepalived haproxy iproute2 util-linux procps) ;;
+test) want+=(keepalived haproxy sysbench iproute2 util-linux procps) ;;
 bench) want+=(haproxy sysbench procps) ;;
 *) echo "usage: $0 [demo|test|bench]" >&2; exit 2 ;;
 esac
