@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +34,8 @@ const (
 // hamrConfig is a hamr TOML file the tests write.
 type hamrConfig struct {
 	Admin    string        // host:port of the admin endpoint
+	Token    string        // [admin] token; the helpers send it
+	Drain    time.Duration // [global] drain_timeout; default 1s
 	Level    string        // health level: tcp, login or role; default login
 	Interval time.Duration // health interval; default checkInterval
 	Health   string        // extra [health] lines
@@ -55,9 +59,17 @@ func (c hamrConfig) TOML() string {
 	if interval == 0 {
 		interval = checkInterval
 	}
+	drain := c.Drain
+	if drain == 0 {
+		drain = time.Second
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ndrain_timeout = \"1s\"\n\n[logger]\nlevel = \"debug\"\n\n")
-	fmt.Fprintf(&b, "[admin]\naddress = %q\n\n", c.Admin)
+	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n", drain.String())
+	fmt.Fprintf(&b, "[admin]\naddress = %q\n", c.Admin)
+	if c.Token != "" {
+		fmt.Fprintf(&b, "token = %q\n", c.Token)
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "[health]\ninterval = %q\ntimeout = \"1s\"\nrise = %d\nfall = %d\nlevel = %q\nuser = %q\n%s\n",
 		interval.String(), rise, fall, level, MonitorUser, c.Health)
 	for _, r := range c.Routes {
@@ -100,6 +112,7 @@ type hamrProc struct {
 	t      testing.TB
 	Config string // path of the config file
 	Admin  string
+	Token  string // bearer token sent to the admin endpoint, if any
 	cmd    *exec.Cmd
 	done   chan struct{}
 	log    lockedBuffer
@@ -115,9 +128,10 @@ func startHamr(t testing.TB, cfg hamrConfig) *hamrProc {
 	if cfg.Admin == "" {
 		cfg.Admin = Addr(freePorts(t, 1)[0])
 	}
-	h := &hamrProc{t: t, Config: filepath.Join(t.TempDir(), "hamr.toml"), Admin: cfg.Admin}
+	h := &hamrProc{t: t, Config: filepath.Join(t.TempDir(), "hamr.toml"), Admin: cfg.Admin, Token: cfg.Token}
 	h.writeConfig(cfg)
 	h.cmd = exec.Command(hamrBin, "run", "-c", h.Config)
+	h.cmd.Env = hamrEnv()
 	h.cmd.Stdout = &h.log
 	h.cmd.Stderr = &h.log
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -153,6 +167,9 @@ func (h *hamrProc) writeConfig(cfg hamrConfig) {
 	h.t.Helper()
 	if cfg.Admin == "" {
 		cfg.Admin = h.Admin
+	}
+	if cfg.Token == "" {
+		cfg.Token = h.Token
 	}
 	h.writeFile(cfg.TOML())
 }
@@ -197,11 +214,43 @@ func (h *hamrProc) signal(sig syscall.Signal) {
 	}
 }
 
-// ctl runs `hamr ctl --admin ADDR args...` and returns its combined output.
+// ctl runs `hamr ctl --admin ADDR [--token T] args...` and returns its
+// combined output.
 func (h *hamrProc) ctl(args ...string) (string, error) {
+	pre := []string{"--admin", h.Admin}
+	if h.Token != "" {
+		pre = append(pre, "--token", h.Token)
+	}
+	return runCtl(nil, append(pre, args...)...)
+}
+
+// hamrEnv returns the environment for a hamr process: the test's, without
+// HAMR_ADMIN_TOKEN, plus env. A hamr built with -race would sleep 1 s at
+// exit (the race detector's atexit_sleep_ms), which would hide how fast it
+// stops and slow every test down; races are still reported and still make
+// it exit non-zero.
+func hamrEnv(env ...string) []string {
+	var out []string
+	gorace := "atexit_sleep_ms=0"
+	for _, kv := range os.Environ() {
+		switch {
+		case strings.HasPrefix(kv, "HAMR_ADMIN_TOKEN="):
+		case strings.HasPrefix(kv, "GORACE="):
+			gorace = strings.TrimPrefix(kv, "GORACE=") + " " + gorace
+		default:
+			out = append(out, kv)
+		}
+	}
+	return append(append(out, "GORACE="+gorace), env...)
+}
+
+// runCtl runs `hamr ctl args...` with hamrEnv(env...) and returns its combined output. A non-zero
+// exit is an error wrapping *exec.ExitError.
+func runCtl(env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, hamrBin, append([]string{"ctl", "--admin", h.Admin}, args...)...)
+	cmd := exec.CommandContext(ctx, hamrBin, append([]string{"ctl"}, args...)...)
+	cmd.Env = hamrEnv(env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("hamr ctl %s: %w\n%s", strings.Join(args, " "), err, out)
@@ -235,8 +284,20 @@ type destStatus struct {
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
+// get sends GET path to the admin endpoint, with h.Token if set.
+func (h *hamrProc) get(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+h.Admin+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if h.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+h.Token)
+	}
+	return httpClient.Do(req)
+}
+
 func (h *hamrProc) status() (*status, error) {
-	resp, err := httpClient.Get("http://" + h.Admin + "/status")
+	resp, err := h.get("/status")
 	if err != nil {
 		return nil, err
 	}
@@ -289,6 +350,96 @@ func (h *hamrProc) waitDest(route, addr string, up bool, timeout time.Duration) 
 }
 
 func (h *hamrProc) logContains(s string) bool { return strings.Contains(h.log.String(), s) }
+
+// metrics reads /metrics into a map from series to value. A series is
+// written as in the text format with its labels sorted by name, as
+// series() writes it: `hamr_route_split_brain_total{route="rw"}`.
+func (h *hamrProc) metrics() (map[string]float64, error) {
+	resp, err := h.get("/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET /metrics: %w", err)
+	}
+	m := make(map[string]float64)
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			return nil, fmt.Errorf("GET /metrics: bad line %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("GET /metrics: bad line %q: %w", line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m, nil
+}
+
+// series names one metric series as metrics() keys it; labels are name,
+// value pairs in any order. (The label values the tests use need no
+// escaping.)
+func series(name string, labels ...string) string {
+	if len(labels) == 0 {
+		return name
+	}
+	pairs := make([]string, 0, len(labels)/2)
+	for i := 0; i+1 < len(labels); i += 2 {
+		pairs = append(pairs, fmt.Sprintf("%s=%q", labels[i], labels[i+1]))
+	}
+	slices.Sort(pairs)
+	return name + "{" + strings.Join(pairs, ",") + "}"
+}
+
+// metric returns the value of one series, 0 when it is absent (a counter
+// never incremented).
+func (h *hamrProc) metric(name string, labels ...string) (float64, error) {
+	m, err := h.metrics()
+	if err != nil {
+		return 0, err
+	}
+	return m[series(name, labels...)], nil
+}
+
+// waitMetric waits until a series has the value want.
+func (h *hamrProc) waitMetric(want float64, timeout time.Duration, name string, labels ...string) {
+	h.t.Helper()
+	waitFor(h.t, timeout, fmt.Sprintf("%s = %v in /metrics", series(name, labels...), want), func() (bool, error) {
+		v, err := h.metric(name, labels...)
+		if err == nil && v != want {
+			err = fmt.Errorf("%s = %v", series(name, labels...), v)
+		}
+		return err == nil, err
+	})
+}
+
+// waitExit waits up to timeout for hamr to exit and reports whether it did.
+func (h *hamrProc) waitExit(timeout time.Duration) bool {
+	select {
+	case <-h.done:
+		return true
+	default:
+	}
+	if timeout <= 0 {
+		return false
+	}
+	select {
+	case <-h.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
 
 // waitFor polls cond every 20 ms until it holds, failing the test after
 // timeout with the last error.
