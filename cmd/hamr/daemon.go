@@ -240,6 +240,15 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		}
 	}
 	d.publishTracked()
+	// New instances, and instances tracking a replaced route (which starts
+	// with every destination up), learn what holds now.
+	for _, v := range d.vrrps {
+		for name := range v.cfg.TrackRoutes {
+			if r, ok := d.routes[name]; ok {
+				v.in.SetRouteHealthy(name, r.rt.Available())
+			}
+		}
+	}
 	d.cfg = cfg
 	return errors.Join(errs...)
 }
@@ -486,13 +495,6 @@ func (d *daemon) startVRRP(vc *conf.VRRP) error {
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
 	v := &vrrpInst{cfg: vc, in: in, cancel: cancel, done: make(chan struct{})}
-	for name := range vc.TrackRoutes {
-		if r, ok := d.routes[name]; ok {
-			in.SetRouteHealthy(name, r.rt.Available())
-		} else {
-			in.SetRouteHealthy(name, false)
-		}
-	}
 	go func() {
 		defer close(v.done)
 		if err := in.Run(ctx); err != nil {
