@@ -34,7 +34,7 @@ fuzz:
 
 bench:
 	scripts/deps.sh bench
-	$(GO) run ./bench
+	$(GO) run ./bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

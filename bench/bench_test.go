@@ -60,6 +60,24 @@ func TestRatioOrientation(t *testing.T) {
 	if got := median([]float64{3, 1, 2, 10}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
 	}
+	// Ratios pair contenders round by round: a slow round slows both.
+	var rep Report
+	def := metricDef{Workload: "w", Metric: "m"}
+	for i, v := range [][2]float64{{10, 8}, {2, 1}, {30, 20}} {
+		rep.setRound(i + 1)
+		rep.add(def, hamr, v[0])
+		rep.add(def, haproxy, v[1])
+	}
+	rep.setRound(4)
+	rep.add(def, hamr, 5) // HAProxy failed in round 4: not paired
+	rep.finish()
+	row := rep.row("w", "m")
+	if got := row.Ratios["hamr/haproxy"]; got != 1.5 {
+		t.Errorf("paired ratio = %v, want 1.5 (median of 1.25, 2, 1.5)", got)
+	}
+	if got := row.Median[hamr]; got != 7.5 {
+		t.Errorf("median hamr = %v, want 7.5", got)
+	}
 }
 
 func TestConfigs(t *testing.T) {

@@ -152,8 +152,8 @@ type idleResult struct {
 }
 
 // measureIdle opens n idle sessions through addr, served by srv, and
-// measures pid's RSS and fd count before and after.
-func measureIdle(ctx context.Context, addr string, pid int, srv *idleServer, n int) (idleResult, error) {
+// measures pid's RSS and fd count before and settle after.
+func measureIdle(ctx context.Context, addr string, pid int, srv *idleServer, n int, settle time.Duration) (idleResult, error) {
 	defer srv.dropAll()
 	time.Sleep(300 * time.Millisecond)
 	rss0, err := procRSS(pid)
@@ -169,7 +169,7 @@ func measureIdle(ctx context.Context, addr string, pid int, srv *idleServer, n i
 		return idleResult{}, err
 	}
 	defer closeAll(conns)
-	time.Sleep(time.Second) // let the proxy settle (GC, lazy allocations)
+	time.Sleep(settle) // let the proxy settle (GC, lazy allocations, parking)
 	rss1, err := procRSS(pid)
 	if err != nil {
 		return idleResult{}, err

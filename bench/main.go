@@ -42,6 +42,7 @@ type options struct {
 	sysbenchThr  []int
 	connTime     time.Duration
 	idleSessions int
+	idleSettle   time.Duration
 	foWarm       time.Duration
 	foAfter      time.Duration
 	hamrBin      string
@@ -83,6 +84,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.sysbenchTime, "sysbench-time", 10*time.Second, "duration of each sysbench run")
 	fs.DurationVar(&o.connTime, "conn-time", 5*time.Second, "duration of each connection-rate run")
 	fs.IntVar(&o.idleSessions, "idle", 10000, "idle sessions to open")
+	fs.DurationVar(&o.idleSettle, "idle-settle", time.Second, "wait after opening idle sessions before weighing the proxy")
 	fs.DurationVar(&o.foWarm, "failover-warm", 2*time.Second, "load before the primary is killed")
 	fs.DurationVar(&o.foAfter, "failover-after", 5*time.Second, "load after the primary is killed")
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
@@ -119,6 +121,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-idle %d: want 1 to 50000", o.idleSessions)
 	case o.sysbenchTime < time.Second || o.sysbenchTime > 10*time.Minute:
 		return o, fmt.Errorf("-sysbench-time %v: want 1s to 10m", o.sysbenchTime)
+	case o.idleSettle < 0 || o.idleSettle > time.Minute:
+		return o, fmt.Errorf("-idle-settle %v: want 0 to 1m", o.idleSettle)
 	case o.connTime <= 0 || o.connTime > 10*time.Minute:
 		return o, fmt.Errorf("-conn-time %v: want up to 10m", o.connTime)
 	}
@@ -381,6 +385,7 @@ func (e *env) setupAndRun(ctx context.Context) error {
 			return err
 		}
 		e.logf("round %d of %d", round, o.rounds)
+		e.rep.setRound(round)
 		if err := e.round(ctx, round); err != nil {
 			return err
 		}
@@ -689,7 +694,7 @@ func (e *env) idleOnce(ctx context.Context, kind string, round, n int) (idleResu
 		return idleResult{}, err
 	}
 	defer px.stop()
-	return measureIdle(ctx, px.routes["idle"], px.pid(), e.idle, n)
+	return measureIdle(ctx, px.routes["idle"], px.pid(), e.idle, n, e.o.idleSettle)
 }
 
 // runFailover measures each proxy once: a fresh instance routes to A then

@@ -27,9 +27,9 @@ type metricDef struct {
 // Row is one metric measured for every contender over every round.
 type Row struct {
 	metricDef
-	Rounds map[string][]float64 `json:"rounds"`           // contender -> value per round
-	Median map[string]float64   `json:"median"`           // contender -> median
-	Ratios map[string]float64   `json:"ratios,omitempty"` // "hamr/direct", "hamr/haproxy", "haproxy/direct"
+	Rounds map[string][]*float64 `json:"rounds"`           // contender -> value per round (null: not measured)
+	Median map[string]float64    `json:"median"`           // contender -> median
+	Ratios map[string]float64    `json:"ratios,omitempty"` // "hamr/direct", "hamr/haproxy", "haproxy/direct"
 }
 
 // Report is everything the suite writes to JSON.
@@ -44,7 +44,14 @@ type Report struct {
 	Targets  []Target          `json:"targets"`
 	Errors   []string          `json:"errors,omitempty"`
 
-	mu sync.Mutex
+	mu    sync.Mutex
+	round int // current round, from 1; add files values under it
+}
+
+func (r *Report) setRound(n int) {
+	r.mu.Lock()
+	r.round = n
+	r.mu.Unlock()
 }
 
 // Target is one of the project's goals checked against the medians.
@@ -62,13 +69,24 @@ func (r *Report) add(def metricDef, contender string, v float64) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, row := range r.Rows {
-		if row.Workload == def.Workload && row.Metric == def.Metric {
-			row.Rounds[contender] = append(row.Rounds[contender], v)
-			return
+	i := max(r.round, 1) - 1
+	var row *Row
+	for _, x := range r.Rows {
+		if x.Workload == def.Workload && x.Metric == def.Metric {
+			row = x
+			break
 		}
 	}
-	r.Rows = append(r.Rows, &Row{metricDef: def, Rounds: map[string][]float64{contender: {v}}})
+	if row == nil {
+		row = &Row{metricDef: def, Rounds: make(map[string][]*float64)}
+		r.Rows = append(r.Rows, row)
+	}
+	vals := row.Rounds[contender]
+	for len(vals) <= i {
+		vals = append(vals, nil)
+	}
+	vals[i] = &v
+	row.Rounds[contender] = vals
 }
 
 func (r *Report) errorf(format string, args ...any) {
@@ -107,23 +125,42 @@ func ratio(a, b float64, lower bool) float64 {
 	return a / b
 }
 
-// finish computes medians, ratios and targets.
+// values returns the measured values of a contender's rounds.
+func values(v []*float64) []float64 {
+	var out []float64
+	for _, x := range v {
+		if x != nil {
+			out = append(out, *x)
+		}
+	}
+	return out
+}
+
+// finish computes medians, ratios and targets. A ratio is the median over
+// rounds of that round's ratio: within a round the contenders ran back to
+// back, so drift between rounds cancels out.
 func (r *Report) finish() {
 	for _, row := range r.Rows {
 		row.Median = make(map[string]float64)
 		row.Ratios = make(map[string]float64)
 		for c, v := range row.Rounds {
-			row.Median[c] = median(v)
-		}
-		get := func(c string) float64 {
-			if v, ok := row.Median[c]; ok {
-				return v
+			if vs := values(v); len(vs) > 0 {
+				row.Median[c] = median(vs)
 			}
-			return math.NaN()
 		}
 		for _, p := range [][2]string{{hamr, direct}, {hamr, haproxy}, {haproxy, direct}} {
-			if x := ratio(get(p[0]), get(p[1]), row.Lower); !math.IsNaN(x) {
-				row.Ratios[p[0]+"/"+p[1]] = x
+			a, b := row.Rounds[p[0]], row.Rounds[p[1]]
+			var rs []float64
+			for i := 0; i < len(a) && i < len(b); i++ {
+				if a[i] == nil || b[i] == nil {
+					continue
+				}
+				if x := ratio(*a[i], *b[i], row.Lower); !math.IsNaN(x) {
+					rs = append(rs, x)
+				}
+			}
+			if len(rs) > 0 {
+				row.Ratios[p[0]+"/"+p[1]] = median(rs)
 			}
 		}
 	}
@@ -289,11 +326,19 @@ func (r *Report) writeSVG(path string) error {
 	)
 	width := left + right + groupW*max(len(rows), 1)
 	height := top + plotH + bottom
+	// Bar height: the contender's paired ratio to direct (see finish).
+	rel := func(row *Row, c string) (float64, bool) {
+		if c == direct {
+			return 1, true
+		}
+		v, ok := row.Ratios[c+"/"+direct]
+		return v, ok
+	}
 	maxY := 1.2
 	for _, row := range rows {
 		for _, c := range []string{hamr, haproxy} {
-			if v, ok := row.Median[c]; ok {
-				maxY = max(maxY, ratio(v, row.Median[direct], row.Lower)*1.1)
+			if v, ok := rel(row, c); ok {
+				maxY = max(maxY, v*1.1)
 			}
 		}
 	}
@@ -315,11 +360,11 @@ func (r *Report) writeSVG(path string) error {
 	for i, row := range rows {
 		gx := left + i*groupW + (groupW-3*barW)/2
 		for j, c := range []string{direct, hamr, haproxy} {
-			v, ok := row.Median[c]
+			rv, ok := rel(row, c)
 			if !ok {
 				continue
 			}
-			rv := ratio(v, row.Median[direct], row.Lower)
+			v := row.Median[c]
 			x := gx + j*barW
 			fmt.Fprintf(&b, `<rect x="%d" y="%.1f" width="%d" height="%.1f" fill="%s"><title>%s %s: %s</title></rect>`+"\n",
 				x, y(rv), barW-2, y(0)-y(rv), colors[c], html.EscapeString(row.Workload), c, fmtNum(v))
