@@ -16,5 +16,5 @@
 // The tests need root (they create namespaces), iproute2 and keepalived.
 // Outside CI they are skipped when not run as root; with CI=true nothing
 // is skipped. TestTakeoverTimes runs only with HAMR_TAKEOVER_TIMES=1 and
-// writes bench/vrrp-takeover.md.
+// writes the VRRP takeover section of bench/RESULTS.md.
 package vrrp

@@ -15,7 +15,7 @@ import (
 
 // TestTakeoverTimes measures crash and graceful takeovers at advert 1 s
 // and 100 ms, keepalived↔keepalived and hamr↔hamr in the same lab, and
-// writes the medians to bench/vrrp-takeover.md. It takes about three
+// writes the medians into the "VRRP takeover" section of bench/RESULTS.md. It takes about three
 // minutes, so it runs only when asked:
 //
 //	HAMR_TAKEOVER_TIMES=1 go test -run TestTakeoverTimes -v ./integration/vrrp
@@ -70,7 +70,7 @@ func TestTakeoverTimes(t *testing.T) {
 	}
 
 	var b strings.Builder
-	b.WriteString("# VRRP takeover times\n\n")
+	b.WriteString("## VRRP takeover\n\n")
 	b.WriteString("Written by `HAMR_TAKEOVER_TIMES=1 go test -run TestTakeoverTimes -v ./integration/vrrp`\n")
 	fmt.Fprintf(&b, "on %s (%s; load average %s before, %s after).\n\n",
 		time.Now().UTC().Format("2006-01-02"), machine(), loadBefore, loadavg())
@@ -93,10 +93,9 @@ func TestTakeoverTimes(t *testing.T) {
 	}
 	t.Logf("\n%s", b.String())
 	if t.Failed() {
-		t.Fatal("some runs failed: bench/vrrp-takeover.md not written")
+		t.Fatal("some runs failed: bench/RESULTS.md not updated")
 	}
-	out := filepath.Join("..", "..", "bench", "vrrp-takeover.md")
-	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+	if err := writeSection(filepath.Join("..", "..", "bench", "RESULTS.md"), "## VRRP takeover", b.String()); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range cells {
@@ -157,4 +156,30 @@ func loadavg() string {
 		return "?"
 	}
 	return f[0]
+}
+
+// writeSection replaces the section of the Markdown file path that starts
+// with the line heading (up to the next heading of the same level, or the
+// end) with text, or appends text when there is no such section.
+func writeSection(path, heading, text string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	doc := string(old)
+	start := strings.Index(doc, heading+"\n")
+	if start < 0 {
+		if doc != "" && !strings.HasSuffix(doc, "\n\n") {
+			doc += "\n"
+		}
+		return os.WriteFile(path, []byte(doc+text), 0o644)
+	}
+	end := len(doc)
+	if i := strings.Index(doc[start+len(heading):], "\n## "); i >= 0 {
+		end = start + len(heading) + i + 1
+	}
+	if end < len(doc) {
+		text += "\n"
+	}
+	return os.WriteFile(path, []byte(doc[:start]+text+doc[end:]), 0o644)
 }
