@@ -78,3 +78,31 @@ func benchConnect(b *testing.B, addr string) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
 }
+
+// BenchmarkRoundTrip measures small request/response exchanges (as a
+// point-select query) over one session: the relay's read/write path.
+// Steady state must not allocate.
+func BenchmarkRoundTrip(b *testing.B) {
+	be := newBackend(b, echo)
+	rt := newRouting(b, routing.FirstAvailable, be.addr())
+	p := startRoute(b, Config{}, rt, Options{})
+	for _, tc := range []struct{ name, addr string }{{"proxy", p.Addr()}, {"direct", be.addr()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, err := net.Dial("tcp", tc.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg := make([]byte, 200)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

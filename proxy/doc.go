@@ -1,7 +1,10 @@
 // Package proxy is hamr's layer-4 data path: it listens on a route's
 // address, picks a destination from a [routing.Route], dials it with
-// failover, and copies bytes between the client and the destination with
-// splice(2), never looking at them.
+// failover, and relays bytes between the client and the destination,
+// never looking at them: small packets with read(2)/write(2) through a
+// pooled buffer, bulk transfers with splice(2) through a pooled pipe.
+// An idle session holds no buffer, no pipe and, after half a second, no
+// goroutine (relay.go, park.go).
 //
 // A [Route] is built with [New] and started with [Route.Start]:
 //

@@ -78,6 +78,7 @@ type Route struct {
 	kick    chan struct{}      // availability may have changed
 	wg      sync.WaitGroup     // every goroutine the Route starts
 	clients atomic.Int64       // client connections being served
+	idle    *idlePoller        // where idle directions park; nil: never park
 
 	mu       sync.Mutex
 	ln       net.Listener // nil while not listening
@@ -174,6 +175,10 @@ func (r *Route) Start() error {
 	}
 	r.started = true
 	r.addr = ln.Addr().String()
+	if r.idle, err = newIdlePoller(); err != nil {
+		// Sessions still work, each idle direction on its own goroutine.
+		r.log.Warn("idle sessions will not park", "err", err)
+	}
 	// Watch before the first session, so that no primary move is missed.
 	// routing.Route cannot forget a watcher: after Shutdown, changed
 	// finds nothing to do.
@@ -250,6 +255,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		r.cancel()
+		r.closeIdle()
 		return nil
 	case <-ctx.Done():
 	}
@@ -262,7 +268,19 @@ func (r *Route) Shutdown(ctx context.Context) error {
 		r.log.Warn("drain deadline reached; sessions closed", "sessions", n)
 	}
 	<-done
+	r.closeIdle()
 	return ctx.Err()
+}
+
+// closeIdle stops the idle poller once no session is left to park in it.
+func (r *Route) closeIdle() {
+	r.mu.Lock()
+	p := r.idle
+	r.idle = nil
+	r.mu.Unlock()
+	if p != nil {
+		p.close()
+	}
 }
 
 // open returns the number of open sessions. r.mu must be held.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -20,23 +20,25 @@ const refuseTimeout = time.Second
 // moved while it was being dialed.
 var errMoved = errors.New("primary moved during dial")
 
-// session is one client connected to one destination. Both ends are bare
-// *net.TCPConn so that io.Copy splices (see clientToServer).
+// session is one client connected to one destination.
 type session struct {
-	r       *Route
-	d       *dest
-	client  *net.TCPConn
-	server  *net.TCPConn
-	pending atomic.Int32 // copy directions still running
+	r        *Route
+	d        *dest
+	client   *net.TCPConn
+	server   *net.TCPConn
+	c2s, s2c relay        // the two directions
+	pending  atomic.Int32 // copy directions still running
 }
 
-// serve handles one accepted client on its own goroutine, which becomes
-// the session's server-to-client direction.
+// serve handles one accepted client on its own goroutine: it connects
+// the client to a destination and starts the session's two directions.
 func (r *Route) serve(c *net.TCPConn) {
 	if r.clients.Add(1) > int64(r.cfg.MaxConnections) {
 		r.clients.Add(-1)
 		r.refusedMax.Inc()
-		r.log.Debug("client refused: max_connections reached", "client", c.RemoteAddr(), "max_connections", r.cfg.MaxConnections)
+		if r.log.Enabled(r.ctx, slog.LevelDebug) { // no argument boxing when off
+			r.log.Debug("client refused: max_connections reached", "client", c.RemoteAddr(), "max_connections", r.cfg.MaxConnections)
+		}
 		r.refuse(c, r.errTooMany)
 		return
 	}
@@ -45,15 +47,25 @@ func (r *Route) serve(c *net.TCPConn) {
 		r.clients.Add(-1)
 		if errors.Is(err, routing.ErrNoDestination) {
 			r.refusedNoDest.Inc()
-			r.log.Debug("client refused: no destination", "client", c.RemoteAddr(), "err", err)
+			if r.log.Enabled(r.ctx, slog.LevelDebug) {
+				r.log.Debug("client refused: no destination", "client", c.RemoteAddr(), "err", err)
+			}
 			r.refuse(c, r.errNoDest)
 			return
 		}
 		c.Close()
 		return
 	}
-	r.wg.Go(s.clientToServer)
-	s.serverToClient()
+	// Each direction holds one count of r.wg until it finishes, also
+	// while parked (park.go) without a goroutine. The server speaks first
+	// in MySQL: the client-to-server direction starts parked and gets a
+	// goroutine when the client has something to say. The other gets a
+	// fresh goroutine: this one's stack grew while dialing.
+	r.wg.Add(2)
+	if r.idle == nil || !s.c2s.park() {
+		go s.c2s.loop()
+	}
+	go s.s2c.loop()
 }
 
 // refuse writes an ERR packet to c and closes it.
@@ -103,6 +115,10 @@ func (r *Route) connect(c *net.TCPConn) (*session, error) {
 			continue
 		}
 		s := &session{r: r, d: d, client: c, server: sc}
+		if err := s.init(); err != nil {
+			sc.Close()
+			return nil, err
+		}
 		if r.register(s, p) {
 			return s, nil
 		}
@@ -195,24 +211,21 @@ func (r *Route) closeSessions(ds []*dest, keep int) int {
 	return n
 }
 
-// clientToServer copies what the client sends to the destination, then
-// half-closes towards the destination. io.Copy between two *net.TCPConn
-// uses splice(2): the bytes never enter user space. Wrapping either
-// conn (a counter, a bufio) would silently fall back to a 32 KiB
-// userspace copy; TestCopySplices fails if that happens.
-func (s *session) clientToServer() {
-	n, err := io.Copy(s.server, s.client)
-	s.d.c2s.Add(float64(n))
-	s.server.CloseWrite()
-	s.done(err)
-}
-
-// serverToClient copies what the destination sends to the client, then
-// half-closes towards the client.
-func (s *session) serverToClient() {
-	n, err := io.Copy(s.client, s.server)
-	s.d.s2c.Add(float64(n))
-	s.client.CloseWrite()
+// finish ends direction c after its relay returned: it counts the bytes,
+// half-closes towards the receiving side (the client's EOF reaches the
+// destination as EOF, and back), and ends the session if it was the last
+// direction or failed. The relay (relay.go) waits holding nothing, copies
+// small packets with read/write and splices bulk transfers;
+// TestCopySplices and TestIdleSessionsHoldNoPipes check both.
+func (s *session) finish(c *relay, n int64, err error) {
+	defer s.r.wg.Done()
+	if c == &s.c2s {
+		s.d.c2s.Add(float64(n))
+		s.server.CloseWrite()
+	} else {
+		s.d.s2c.Add(float64(n))
+		s.client.CloseWrite()
+	}
 	s.done(err)
 }
 
@@ -228,9 +241,28 @@ func (s *session) done(err error) {
 	}
 }
 
+// init prepares both relays.
+func (s *session) init() error {
+	crc, err := s.client.SyscallConn()
+	if err != nil {
+		return err
+	}
+	src, err := s.server.SyscallConn()
+	if err != nil {
+		return err
+	}
+	s.c2s.init(s, s.client, s.server, crc, src)
+	s.s2c.init(s, s.server, s.client, src, crc)
+	return nil
+}
+
+// close closes both sockets, and resumes a parked direction so that it
+// sees the close and finishes.
 func (s *session) close() {
 	s.client.Close()
 	s.server.Close()
+	s.c2s.resume()
+	s.s2c.resume()
 }
 
 // unregister forgets s, unless it was already closed by the route.
