@@ -135,7 +135,7 @@ func startHamr(bin, dir string, routes []route) (*proxy, error) {
 	if out, err := exec.Command(bin, "check", "-c", file).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("hamr check -c %s: %w: %s", file, err, lastLines(string(out), 8))
 	}
-	p, err := startProcess("hamr", bin, "run", "-c", file)
+	p, err := startProcessEnv("hamr", []string{"GOMAXPROCS=" + strconv.Itoa(threads)}, bin, "run", "-c", file)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +180,7 @@ func waitHTTP(url string, timeout time.Duration, p *process) error {
 }
 
 // haproxyConfig renders an HAProxy configuration for routes: mode tcp,
-// nbthread = nproc (hamr's GOMAXPROCS), splice in both directions, no
+// nbthread = hamr's GOMAXPROCS (-threads), splice in both directions, no
 // logging, and health checks only on failover routes.
 // maxconn fits the file-descriptor limit: two sockets per session plus
 // the splice pipe pool (two fds per pipe).
@@ -235,7 +235,7 @@ func startHAProxy(dir string, routes []route) (*proxy, error) {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	file := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(file, []byte(haproxyConfig(routes, runtime.NumCPU(), nofileLimit())), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(haproxyConfig(routes, threads, nofileLimit())), 0o644); err != nil {
 		return nil, fmt.Errorf("write haproxy config: %w", err)
 	}
 	if out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput(); err != nil {

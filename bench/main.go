@@ -53,6 +53,10 @@ type options struct {
 	progress     io.Writer
 }
 
+// threads is hamr's GOMAXPROCS and HAProxy's nbthread: the two proxies
+// always get the same number of threads.
+var threads = runtime.NumCPU()
+
 var allWorkloads = []string{"bulk", "pointselect", "connrate", "idle", "failover"}
 
 // quickOptions is the smoke-run configuration: every workload once, tiny.
@@ -88,6 +92,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.foWarm, "failover-warm", 2*time.Second, "load before the primary is killed")
 	fs.DurationVar(&o.foAfter, "failover-after", 5*time.Second, "load after the primary is killed")
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
+	fs.IntVar(&threads, "threads", runtime.NumCPU(), "hamr's GOMAXPROCS and HAProxy's nbthread")
 	fs.BoolVar(&o.noInstall, "no-install", false, "do not apt-get install missing tools")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, datadirs)")
 	fs.StringVar(&o.render, "render", "", "measure nothing: print FILE (a results.json) as Markdown")
@@ -111,6 +116,8 @@ func parseFlags(args []string) (options, error) {
 		}
 	}
 	switch {
+	case threads < 1 || threads > 1024:
+		return o, fmt.Errorf("-threads %d: want 1 to 1024", threads)
 	case o.rounds < 1 || o.rounds > 20:
 		return o, fmt.Errorf("-rounds %d: want 1 to 20", o.rounds)
 	case o.bulkBytes < 1<<20 || o.bulkBytes > 100<<30:
@@ -750,7 +757,7 @@ func machineInfo() map[string]string {
 	m := map[string]string{
 		"nproc":      fmt.Sprint(runtime.NumCPU()),
 		"go":         runtime.Version(),
-		"gomaxprocs": fmt.Sprint(runtime.GOMAXPROCS(0)),
+		"gomaxprocs": fmt.Sprint(threads), // hamr's, and HAProxy's nbthread
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {

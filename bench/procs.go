@@ -61,7 +61,16 @@ func (c *cappedBuffer) Write(p []byte) (int, error) {
 // startProcess starts name with args, registers it, and reaps it in the
 // background. The child is sent SIGKILL by the kernel if the suite dies.
 func startProcess(label, name string, args ...string) (*process, error) {
+	return startProcessEnv(label, nil, name, args...)
+}
+
+// startProcessEnv is startProcess with env added to the suite's own
+// environment.
+func startProcessEnv(label string, env []string, name string, args ...string) (*process, error) {
 	cmd := exec.Command(name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	w := &cappedBuffer{buf: &bytes.Buffer{}, limit: 64 << 10}
 	cmd.Stdout = w
 	cmd.Stderr = w
