@@ -288,6 +288,7 @@ func (i *Instance) Run(ctx context.Context) error {
 		preemptDelay: cfg.PreemptDelay,
 		vips:         i.addr,
 		self:         src,
+		peers:        i.cfg.UnicastPeers,
 		garpDelay:    cfg.GarpMasterDelay,
 		garpRefresh:  cfg.GarpMasterRefresh,
 	}

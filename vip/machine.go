@@ -59,6 +59,7 @@ type machineConfig struct {
 	preemptDelay time.Duration
 	vips         []netip.Addr // sorted
 	self         netip.Addr   // primary address: source of our adverts
+	peers        []netip.Addr // unicast_peers: adverts from anyone else are dropped; empty = multicast
 	authType     uint8
 	auth         [8]byte
 	garpDelay    time.Duration // second GARP burst; 0 = none
@@ -268,6 +269,8 @@ func (m *machine) check(src netip.Addr, a *Advert) string {
 		return ReasonVersion
 	case src == m.cfg.self:
 		return ReasonOwn
+	case len(m.cfg.peers) > 0 && !slices.Contains(m.cfg.peers, src):
+		return ReasonPeer
 	case m.cfg.version == 2 && (a.AuthType != m.cfg.authType || m.cfg.authType == AuthPass && a.Auth != m.cfg.auth):
 		return ReasonAuth
 	case a.Interval <= 0:

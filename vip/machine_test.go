@@ -423,6 +423,14 @@ func TestMachineReceiveFilters(t *testing.T) {
 			adv: func(a *Advert) { a.Version = 2 },
 		},
 		{
+			name: "unicast: a listed peer", src: peer, used: true,
+			cfg: func(c *machineConfig) { c.peers = []netip.Addr{other, peer} },
+		},
+		{
+			name: "unicast: not a listed peer", src: other, reason: ReasonPeer,
+			cfg: func(c *machineConfig) { c.peers = []netip.Addr{peer} },
+		},
+		{
 			name: "v2 interval differs", src: peer, reason: ReasonInterval,
 			cfg: func(c *machineConfig) { c.version = 2 },
 			adv: func(a *Advert) { a.Version, a.Interval = 2, 2*time.Second },

@@ -46,6 +46,7 @@ const (
 	ReasonAuth      = "auth"      // VRRPv2 authentication mismatch
 	ReasonAddresses = "addresses" // address list differs from ours
 	ReasonOwn       = "own"       // sent by this instance
+	ReasonPeer      = "peer"      // unicast mode: not from one of unicast_peers (keepalived drops these too)
 	ReasonInterval  = "interval"  // advert interval invalid or (v2) not ours
 )
 
