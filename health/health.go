@@ -131,8 +131,12 @@ type Options struct {
 	// Dial opens the check's connection. nil means a net.Dialer. It must
 	// honour ctx, whose deadline is the check's.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// StartDown makes the initial state down instead of up: for a checker
+	// that takes over a destination already known to be down (a reload
+	// that changed the health settings).
+	StartDown bool
 	// OnChange is called on every up/down transition, and once after the
-	// first check if that differs from the initial "up". Calls are made
+	// first check if that differs from the initial state. Calls are made
 	// without the Checker's lock held, one at a time and in the order of the
 	// transitions, from the goroutine of Run or of Fail.
 	OnChange func(up bool, st Status)
@@ -173,9 +177,9 @@ func NewChecker(cfg Config, opts Options) *Checker {
 		err:  cfg.Validate(),
 		opts: opts,
 		log:  opts.Logger.With("route", opts.Route, "destination", cfg.Addr),
-		st:   Status{Up: true, Reason: "not checked yet", Role: RoleUnknown},
+		st:   Status{Up: !opts.StartDown, Reason: "not checked yet", Role: RoleUnknown},
 	}
-	opts.Metrics.setUp(opts.Route, cfg.Addr, true)
+	opts.Metrics.setUp(opts.Route, cfg.Addr, !opts.StartDown)
 	return c
 }
 

@@ -475,3 +475,42 @@ func TestMetrics(t *testing.T) {
 	var nilM *Metrics
 	nilM.Delete("ro", "db:3306") // no panic
 }
+
+// TestStartDown checks that a checker taking over a destination known to
+// be down reports it up after its first good check (a reload must not
+// leave a recovered destination down in the route).
+func TestStartDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ch := newChanges()
+	c := NewChecker(Config{Addr: ln.Addr().String(), Level: LevelTCP, Interval: time.Hour, Rise: 3, Fall: 3},
+		Options{StartDown: true, OnChange: ch.on})
+	if c.Status().Up {
+		t.Fatal("StartDown checker starts up")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	if st := ch.wait(t); !st.Up {
+		t.Fatalf("after the first good check: %+v, want up", st)
+	}
+}

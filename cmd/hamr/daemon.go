@@ -311,6 +311,9 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 func (d *daemon) startChecks(r *route, rc *conf.Route) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	r.cancel = cancel
+	// New checkers start from what the route holds now: every destination
+	// up on a new route, the last known state after a reload.
+	state := r.rt.State()
 	checkers := make([]*health.Checker, len(rc.Destinations))
 	for i, addr := range rc.Destinations {
 		c := health.NewChecker(health.Config{
@@ -325,10 +328,11 @@ func (d *daemon) startChecks(r *route, rc *conf.Route) {
 			Writer:   rc.Mode == conf.ModeReadWrite,
 			MaxLag:   rc.MaxReplicationLag,
 		}, health.Options{
-			Logger:   d.log,
-			Metrics:  d.hm,
-			Route:    rc.Name,
-			OnChange: func(up bool, _ health.Status) { r.rt.SetUp(i, up) },
+			Logger:    d.log,
+			Metrics:   d.hm,
+			Route:     rc.Name,
+			StartDown: !state[i].Up,
+			OnChange:  func(up bool, _ health.Status) { r.rt.SetUp(i, up) },
 		})
 		checkers[i] = c
 		r.wg.Add(1)
