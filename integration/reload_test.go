@@ -88,5 +88,24 @@ func TestReload(t *testing.T) {
 		if got, err := open.port(ctx); err != nil || got != p1 {
 			t.Errorf("open session on the unchanged rw route after reload: port %d, %v; want it kept on %d", got, err, p1)
 		}
+
+		// The replaced ro route keeps counting in the same series once
+		// the old one has drained and its leftovers are cleaned up.
+		time.Sleep(2 * time.Second) // longer than the drain timeout
+		mustPortVia(t, roAddr)
+		total, err := h.metric("hamr_route_sessions_total", "route", "ro", "destination", topo.Addr(2))
+		if err != nil || total < 5 {
+			t.Errorf("hamr_route_sessions_total for the replaced ro route = %v, %v; want >= 5", total, err)
+		}
+		if up, err := h.metric("hamr_destination_up", "route", "ro", "destination", topo.Addr(1)); err != nil {
+			t.Error(err)
+		} else if m, _ := h.metrics(); hasSeries(m, series("hamr_destination_up", "route", "ro", "destination", topo.Addr(1))) {
+			t.Errorf("hamr_destination_up for a destination the ro route no longer has is still exported (%v)", up)
+		}
 	})
+}
+
+func hasSeries(m map[string]float64, s string) bool {
+	_, ok := m[s]
+	return ok
 }

@@ -50,6 +50,13 @@ type daemon struct {
 	tracked atomic.Pointer[[]*vrrpInst]
 
 	drains sync.WaitGroup // routes removed by a reload, still draining
+
+	// live holds the destinations of each route name in use, so that a
+	// drained route's metric series are deleted only where no route of the
+	// same name took them over (a replaced route keeps counting in the
+	// same series).
+	liveMu sync.Mutex
+	live   map[string][]string
 }
 
 // route is one [routing.NAME] section at work.
@@ -127,6 +134,7 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		fatal:  make(chan error, 1),
 		routes: make(map[string]*route),
 		vrrps:  make(map[string]*vrrpInst),
+		live:   make(map[string][]string),
 	}
 	empty := []*vrrpInst{}
 	d.tracked.Store(&empty)
@@ -283,6 +291,9 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		return err
 	}
 	r.rt, r.primary = rt, rt.Primary()
+	d.liveMu.Lock()
+	d.live[rc.Name] = rc.Destinations // before proxy.New creates the metric series
+	d.liveMu.Unlock()
 	r.px = proxy.New(proxy.Config{
 		Name:                  rc.Name,
 		Addr:                  rc.Addr(),
@@ -297,6 +308,9 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	})
 	rt.Watch(func() { d.routeChanged(r) })
 	if err := r.px.Start(); err != nil {
+		d.liveMu.Lock()
+		delete(d.live, rc.Name)
+		d.liveMu.Unlock()
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
 	d.startChecks(r, rc)
@@ -370,6 +384,9 @@ func (d *daemon) removeRoute(name string) {
 	delete(d.routes, name)
 	r.cancel()
 	r.px.StopAccepting() // now, so that a replacement can bind the port
+	d.liveMu.Lock()
+	delete(d.live, name)
+	d.liveMu.Unlock()
 	timeout := d.cfg.Global.DrainTimeout
 	d.drains.Add(1)
 	go func() {
@@ -380,12 +397,19 @@ func (d *daemon) removeRoute(name string) {
 			d.log.Warn("route drained with sessions cut", "route", name, "err", err)
 		}
 		r.wg.Wait()
-		d.pm.DeleteRoute(name)
-		for _, addr := range r.dests {
-			d.hm.Delete(name, addr)
-			d.m.primary.DeleteLabelValues(name, addr)
+		d.liveMu.Lock()
+		successor, replaced := d.live[name]
+		if !replaced {
+			d.pm.DeleteRoute(name)
+			d.m.writable.DeleteLabelValues(name)
 		}
-		d.m.writable.DeleteLabelValues(name)
+		for _, addr := range r.dests {
+			if !slices.Contains(successor, addr) {
+				d.hm.Delete(name, addr)
+				d.m.primary.DeleteLabelValues(name, addr)
+			}
+		}
+		d.liveMu.Unlock()
 		d.log.Info("route removed", "route", name)
 	}()
 }
