@@ -7,8 +7,10 @@ import (
 )
 
 // fast is the advert interval of the functional tests: short, so a lab
-// settles in well under a second.
-var fast = routerConf{advert: 100 * time.Millisecond}
+// settles in about a second, yet long enough that a master stalled for a
+// moment on a loaded 2-core CI machine (the other test packages run
+// alongside) is not taken for dead (3 × 200 ms + skew).
+var fast = routerConf{advert: 200 * time.Millisecond}
 
 func TestHamrTakeover(t *testing.T) {
 	for _, graceful := range []bool{false, true} {
