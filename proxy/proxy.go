@@ -272,6 +272,20 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// CloseSessions closes every open session of the route and returns how
+// many it closed; the listener stays. The daemon calls it when the route's
+// address is a VIP this host has just given up: those sessions cannot go
+// on, since the clients' packets now reach the other router.
+func (r *Route) CloseSessions() int {
+	r.mu.Lock()
+	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
+	r.mu.Unlock()
+	if n > 0 {
+		r.log.Warn("sessions closed", "sessions", n)
+	}
+	return n
+}
+
 // closeIdle stops the idle poller once no session is left to park in it.
 func (r *Route) closeIdle() {
 	r.mu.Lock()

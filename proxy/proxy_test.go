@@ -507,3 +507,28 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("%d series left after DeleteRoute", n)
 	}
 }
+
+// TestCloseSessions checks that CloseSessions closes every open session,
+// idle (parked) or not, and that the route keeps accepting.
+func TestCloseSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.RoundRobin, be.addr())
+	p := startRoute(t, Config{}, rt, Options{})
+	conns := make([]*net.TCPConn, 3)
+	for i := range conns {
+		conns[i] = dialProxy(t, p)
+		if err := roundTrip(conns[i], "hello"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.CloseSessions(); n != len(conns) {
+		t.Fatalf("CloseSessions = %d, want %d", n, len(conns))
+	}
+	for _, c := range conns {
+		wantClosed(t, c)
+	}
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "again"); err != nil {
+		t.Fatalf("new session after CloseSessions: %v", err)
+	}
+}

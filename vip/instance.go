@@ -21,6 +21,12 @@ import (
 type Options struct {
 	Logger  *slog.Logger // default slog.Default()
 	Metrics *Metrics     // may be nil
+	// OnLeaveMaster, if set, is called each time the instance stops being
+	// master (to backup, fault, or on stop), right after the VIPs are
+	// removed. Sessions that came in through a VIP cannot go on once it
+	// has moved: the daemon closes them here. It runs on the instance's
+	// goroutine: keep it short.
+	OnLeaveMaster func()
 }
 
 // Status is a snapshot of an instance, for /status and hamr ctl.
@@ -50,7 +56,8 @@ type Instance struct {
 	met  *Metrics
 	addr []netip.Addr // virtual addresses without prefix
 
-	kick chan struct{} // capacity 1: tracked route health changed
+	kick    chan struct{} // capacity 1: tracked route health changed
+	onLeave func()        // Options.OnLeaveMaster
 
 	mu        sync.Mutex
 	ran       bool
@@ -81,6 +88,7 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		log:       log,
 		met:       opts.Metrics,
 		kick:      make(chan struct{}, 1),
+		onLeave:   opts.OnLeaveMaster,
 		unhealthy: make(map[string]bool),
 	}
 	var vipStrings []string
@@ -396,6 +404,9 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 func (i *Instance) transition(v *vips, n *notifier, from, to State, prio int) {
 	if from == StateMaster {
 		v.remove()
+		if i.onLeave != nil {
+			i.onLeave()
+		}
 	}
 	cfg := i.cfg
 	switch to {

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,12 +145,16 @@ type running struct {
 
 // start creates and runs an instance inside ns; the test's cleanup stops
 // it if the test did not.
-func start(t *testing.T, ns netns.NsHandle, cfg *conf.VRRP, reg prometheus.Registerer) *running {
+func start(t *testing.T, ns netns.NsHandle, cfg *conf.VRRP, reg prometheus.Registerer, with ...func(*Options)) *running {
 	t.Helper()
 	var inst *Instance
 	var err error
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", cfg.Name)
-	in(t, ns, func() { inst, err = New(cfg, Options{Logger: log, Metrics: NewMetrics(reg)}) })
+	opts := Options{Logger: log, Metrics: NewMetrics(reg)}
+	for _, f := range with {
+		f(&opts)
+	}
+	in(t, ns, func() { inst, err = New(cfg, opts) })
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -289,7 +294,8 @@ func TestInstanceFailover(t *testing.T) {
 	cfgB := testConfig("VI_B", l.ifB, 100, vip)
 
 	regA := prometheus.NewRegistry()
-	a := start(t, l.nsA, cfgA, regA)
+	var left atomic.Int32 // times a stopped being master
+	a := start(t, l.nsA, cfgA, regA, func(o *Options) { o.OnLeaveMaster = func() { left.Add(1) } })
 	b := start(t, l.nsB, cfgB, prometheus.NewRegistry())
 
 	waitFor(t, "a MASTER and b BACKUP", func() bool {
@@ -330,7 +336,13 @@ func TestInstanceFailover(t *testing.T) {
 	}
 
 	// Graceful stop of a: b takes over and the VIP moves.
+	if n := left.Load(); n != 0 {
+		t.Fatalf("OnLeaveMaster called %d times while a is master", n)
+	}
 	a.stop(t)
+	if n := left.Load(); n != 1 {
+		t.Errorf("OnLeaveMaster called %d times on a graceful stop of the master, want 1", n)
+	}
 	if st := a.Status().State; st != "STOPPED" {
 		t.Errorf("a state after Run = %s", st)
 	}

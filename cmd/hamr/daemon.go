@@ -48,6 +48,7 @@ type daemon struct {
 	// route watchers without taking mu (they run inside health and proxy
 	// goroutines that reload may be waiting for).
 	tracked atomic.Pointer[[]*vrrpInst]
+	running atomic.Pointer[[]*route] // the same for routes
 
 	drains sync.WaitGroup // routes removed by a reload, still draining
 
@@ -62,6 +63,7 @@ type daemon struct {
 // route is one [routing.NAME] section at work.
 type route struct {
 	name     string // immutable copies of cfg, read by watchers
+	bind     string // bind_address
 	readOnly bool
 	dests    []string
 	rt       *routing.Route
@@ -136,8 +138,8 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		vrrps:  make(map[string]*vrrpInst),
 		live:   make(map[string][]string),
 	}
-	empty := []*vrrpInst{}
-	d.tracked.Store(&empty)
+	d.tracked.Store(&[]*vrrpInst{})
+	d.running.Store(&[]*route{})
 	return d
 }
 
@@ -248,6 +250,8 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		}
 	}
 	d.publishTracked()
+	routes := slices.Collect(maps.Values(d.routes))
+	d.running.Store(&routes)
 	// New instances, and instances tracking a replaced route (which starts
 	// with every destination up), learn what holds now.
 	for _, v := range d.vrrps {
@@ -277,7 +281,7 @@ func boolInt(b bool) int {
 }
 
 func (d *daemon) addRoute(rc *conf.Route) error {
-	r := &route{name: rc.Name, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
+	r := &route{name: rc.Name, bind: rc.BindAddress, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
 	var fallback *routing.Route
 	if rc.Fallback != "" {
 		fb, ok := d.routes[rc.Fallback]
@@ -517,7 +521,7 @@ func (d *daemon) watchWriters(ctx context.Context, r *route, checkers []*health.
 }
 
 func (d *daemon) startVRRP(vc *conf.VRRP) error {
-	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm})
+	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func() { d.releasedVIPs(vc) }})
 	if err != nil {
 		return fmt.Errorf("vrrp %s: %w", vc.Name, err)
 	}
@@ -537,6 +541,22 @@ func (d *daemon) startVRRP(vc *conf.VRRP) error {
 	}()
 	d.vrrps[vc.Name] = v
 	return nil
+}
+
+// releasedVIPs closes the sessions of routes bound to a VIP of vc, which
+// this host no longer holds: they cannot go on (the clients' packets now
+// reach the other router), and would otherwise linger until TCP keepalive
+// gives up, or hold a graceful stop for the whole drain timeout.
+func (d *daemon) releasedVIPs(vc *conf.VRRP) {
+	for _, r := range *d.running.Load() {
+		for _, p := range vc.VirtualIPAddress {
+			if p.Addr().String() == r.bind {
+				if n := r.px.CloseSessions(); n > 0 {
+					d.log.Warn("VIP released: sessions through it closed", "vrrp", vc.Name, "route", r.name, "sessions", n)
+				}
+			}
+		}
+	}
 }
 
 // stopVRRP resigns an instance (priority 0 advert, VIPs removed) and waits.
@@ -562,27 +582,15 @@ func (d *daemon) stop(ctx context.Context) {
 }
 
 func (d *daemon) stopLocked(ctx context.Context) {
-	// Sessions through a VIP this host gives up cannot finish: the
-	// client's packets now reach the other router. Close them at once
-	// rather than wait out the drain timeout.
-	released := make(map[string]bool)
-	for name, v := range d.vrrps {
-		for _, p := range v.cfg.VirtualIPAddress {
-			released[p.Addr().String()] = true
-		}
+	// Resigning closes the sessions through the VIPs (releasedVIPs).
+	for name := range d.vrrps {
 		d.stopVRRP(name)
 	}
-	gone, cancel := context.WithCancel(ctx)
-	cancel()
 	var wg sync.WaitGroup
 	for _, r := range d.routes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx := ctx
-			if released[r.cfg.BindAddress] {
-				ctx = gone
-			}
 			if err := r.px.Shutdown(ctx); err != nil {
 				d.log.Warn("drain deadline reached; remaining sessions closed", "route", r.name, "err", err)
 			}
