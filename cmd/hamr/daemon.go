@@ -582,15 +582,28 @@ func (d *daemon) stop(ctx context.Context) {
 }
 
 func (d *daemon) stopLocked(ctx context.Context) {
-	// Resigning closes the sessions through the VIPs (releasedVIPs).
-	for name := range d.vrrps {
+	// Sessions through a VIP this host gives up cannot finish: the
+	// clients' packets now reach the other router. Resigning closes those
+	// open (releasedVIPs); a cancelled drain also ends those still being
+	// connected, rather than waiting out the drain timeout for them.
+	released := make(map[string]bool)
+	for name, v := range d.vrrps {
+		for _, p := range v.cfg.VirtualIPAddress {
+			released[p.Addr().String()] = true
+		}
 		d.stopVRRP(name)
 	}
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
 	var wg sync.WaitGroup
 	for _, r := range d.routes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ctx := ctx
+			if released[r.bind] {
+				ctx = gone
+			}
 			if err := r.px.Shutdown(ctx); err != nil {
 				d.log.Warn("drain deadline reached; remaining sessions closed", "route", r.name, "err", err)
 			}
