@@ -83,7 +83,10 @@ func TestTakeoverTimes(t *testing.T) {
 	b.WriteString("VRRPv3, multicast, one bridge, the same lab for both. Median of the\n")
 	b.WriteString("runs, with min–max and the number of runs. The RFC 5798 timer is what\n")
 	b.WriteString("the backup must wait: Master_Down_Interval (3 × advert + skew) after a\n")
-	b.WriteString("crash, Skew_Time ((256 − 100) / 256 × advert) after a priority 0 advert.\n\n")
+	b.WriteString("crash, Skew_Time ((256 − 100) / 256 × advert) after a priority 0 advert.\n")
+	b.WriteString("With keepalived the answer comes from a responder listening on the VIP\n")
+	b.WriteString("itself; with hamr it goes through hamr's route (accept, dial a responder\n")
+	b.WriteString("on loopback, relay), as it does in production, which adds about 1 ms.\n\n")
 	b.WriteString("| scenario | advert | keepalived ms | hamr ms | RFC timer ms |\n")
 	b.WriteString("|---|---|---|---|---|\n")
 	for _, c := range cells {
