@@ -79,6 +79,7 @@ type Route struct {
 	wg      sync.WaitGroup     // every goroutine the Route starts
 	clients atomic.Int64       // client connections being served
 	idle    *idlePoller        // where idle directions park; nil: never park
+	gen     atomic.Uint64      // incremented by CloseSessions
 
 	mu       sync.Mutex
 	ln       net.Listener // nil while not listening
@@ -272,12 +273,14 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// CloseSessions closes every open session of the route and returns how
-// many it closed; the listener stays. The daemon calls it when the route's
+// CloseSessions closes every open session of the route, and the clients
+// still being connected, and returns how many sessions it closed; the
+// listener stays. The daemon calls it when the route's
 // address is a VIP this host has just given up: those sessions cannot go
 // on, since the clients' packets now reach the other router.
 func (r *Route) CloseSessions() int {
 	r.mu.Lock()
+	r.gen.Add(1) // clients still being connected are dropped too
 	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
 	r.mu.Unlock()
 	if n > 0 {

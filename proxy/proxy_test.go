@@ -532,3 +532,40 @@ func TestCloseSessions(t *testing.T) {
 		t.Fatalf("new session after CloseSessions: %v", err)
 	}
 }
+
+// TestCloseSessionsDuringDial checks that a client whose destination is
+// being dialed when CloseSessions runs is dropped too, not connected
+// afterwards.
+func TestCloseSessionsDuringDial(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.RoundRobin, be.addr())
+	dialing, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		once.Do(func() {
+			close(dialing)
+			<-release
+		})
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	p := startRoute(t, Config{}, rt, Options{Dial: dial})
+	c := dialProxy(t, p)
+	select {
+	case <-dialing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy never dialed")
+	}
+	if n := p.CloseSessions(); n != 0 {
+		t.Fatalf("CloseSessions = %d, want 0 (the only client is still being connected)", n)
+	}
+	close(release)
+	wantClosed(t, c)
+	if n := p.Sessions()[0]; n != 0 {
+		t.Fatalf("%d sessions after the dial finished, want 0", n)
+	}
+	c2 := dialProxy(t, p)
+	if err := roundTrip(c2, "later"); err != nil {
+		t.Fatalf("a client after CloseSessions: %v", err)
+	}
+}

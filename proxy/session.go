@@ -20,6 +20,10 @@ const refuseTimeout = time.Second
 // moved while it was being dialed.
 var errMoved = errors.New("primary moved during dial")
 
+// errClosedAll is the reason a client being connected was dropped:
+// CloseSessions ran meanwhile (its address was a VIP given up).
+var errClosedAll = errors.New("sessions closed during dial")
+
 // session is one client connected to one destination.
 type session struct {
 	r        *Route
@@ -28,6 +32,7 @@ type session struct {
 	server   *net.TCPConn
 	c2s, s2c relay        // the two directions
 	pending  atomic.Int32 // copy directions still running
+	gen      uint64       // Route.gen when the client was taken in
 }
 
 // serve handles one accepted client on its own goroutine: it connects
@@ -79,6 +84,7 @@ func (r *Route) refuse(c *net.TCPConn, pkt []byte) {
 // its session is registered. Each failed dial marks its destination down.
 // The number of attempts is bounded by the number of destinations.
 func (r *Route) connect(c *net.TCPConn) (*session, error) {
+	gen := r.gen.Load()
 	var last error
 	for range r.attempts {
 		p, err := r.rt.Pick()
@@ -114,7 +120,7 @@ func (r *Route) connect(c *net.TCPConn) (*session, error) {
 			last = err
 			continue
 		}
-		s := &session{r: r, d: d, client: c, server: sc}
+		s := &session{r: r, d: d, client: c, server: sc, gen: gen}
 		if err := s.init(); err != nil {
 			sc.Close()
 			return nil, err
@@ -125,6 +131,9 @@ func (r *Route) connect(c *net.TCPConn) (*session, error) {
 		sc.Close()
 		if r.ctx.Err() != nil {
 			return nil, r.ctx.Err()
+		}
+		if r.gen.Load() != gen {
+			return nil, errClosedAll
 		}
 		last = errMoved
 	}
@@ -180,7 +189,7 @@ func (r *Route) dialOne(addr string) (*net.TCPConn, error) {
 func (r *Route) register(s *session, p routing.Pick) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closing || !p.Route.Current(p) {
+	if r.closing || s.gen != r.gen.Load() || !p.Route.Current(p) {
 		return false
 	}
 	if r.rwPrimary && p.Route == r.rt {

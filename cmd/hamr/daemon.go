@@ -584,8 +584,9 @@ func (d *daemon) stop(ctx context.Context) {
 func (d *daemon) stopLocked(ctx context.Context) {
 	// Sessions through a VIP this host gives up cannot finish: the
 	// clients' packets now reach the other router. Resigning closes those
-	// open (releasedVIPs); a cancelled drain also ends those still being
-	// connected, rather than waiting out the drain timeout for them.
+	// open or being connected (releasedVIPs); a cancelled drain also ends
+	// those accepted later from the listen backlog, rather than waiting
+	// out the drain timeout for them.
 	released := make(map[string]bool)
 	for name, v := range d.vrrps {
 		for _, p := range v.cfg.VirtualIPAddress {
