@@ -37,6 +37,8 @@ type routerConf struct {
 	nopreempt bool
 	unicast   bool     // advertise to the other router instead of 224.0.0.18
 	peers     []string // the unicast peers; filled in by lab.router
+	track     bool     // hamr: track_routes = ["rw"] (weight 0: FAULT while rw is down)
+	backend   string   // hamr: the rw route's destination; default the responder
 }
 
 func (c routerConf) withDefaults() routerConf {

@@ -91,9 +91,16 @@ func hamrConf(h *host, c routerConf) string {
 	if len(c.peers) > 0 {
 		fmt.Fprintf(&b, "unicast_peers = [\"%s\"]\n", strings.Join(c.peers, `", "`))
 	}
+	if c.track {
+		b.WriteString("track_routes = [\"rw\"]\n")
+	}
 	fmt.Fprintf(&b, "virtual_ipaddress = [%q]\n\n", vipPrefix)
+	backend := backendAdr
+	if c.backend != "" {
+		backend = c.backend
+	}
 	fmt.Fprintf(&b, "[routing.rw]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n",
-		vipAddr, vipPort, backendAdr)
+		vipAddr, vipPort, backend)
 	return b.String()
 }
 

@@ -176,3 +176,34 @@ func TestInterop(t *testing.T) {
 		}
 	}
 }
+
+// TestHamrTrackRoute: the VIP follows the database path. r1 has the higher
+// priority but its route's only destination does not answer; with
+// track_routes = ["rw"] it stays in FAULT, and r2, whose route is
+// healthy, holds the VIP and answers the client.
+func TestHamrTrackRoute(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	c1 := fast
+	c1.priority, c1.track, c1.backend = 120, true, "127.0.0.1:9" // nothing listens there
+	c2 := fast
+	c2.priority, c2.track = 100, true
+	r1 := l.router(kindHamr, l.r1, c1)
+	r2 := l.router(kindHamr, l.r2, c2)
+	r1.waitState("FAULT", startTimeout(c1))
+	r2.waitState("MASTER", startTimeout(c2))
+	l.r2.waitVIP(t, true, 2*time.Second)
+	p := l.startProbe(vipService)
+	if _, err := p.waitHost("r2", time.Time{}, 5*time.Second); err != nil {
+		t.Fatalf("client through the VIP: %v", err)
+	}
+	// Long past r2's master down interval: r1 must not have taken over.
+	time.Sleep(5*c1.advert + time.Second)
+	if st, err := r1.state(); err != nil || st != "FAULT" {
+		t.Fatalf("r1, whose route is down, is %q (%v), want FAULT", st, err)
+	}
+	if l.r1.hasVIP(t) {
+		t.Fatal("r1 holds the VIP while its route is down")
+	}
+}
