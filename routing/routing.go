@@ -219,13 +219,6 @@ func (r *Route) Primary() int {
 	return r.primary
 }
 
-// Epoch returns the primary epoch: it changes every time the primary moves.
-func (r *Route) Epoch() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.epoch
-}
-
 // Current reports whether a session made for pick p may be kept: the
 // primary has not moved since p was made. It is always true for strategies
 // without a primary.
