@@ -1,84 +1,160 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"net"
-	"syscall"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// listen is the default listen function: a TCP listener whose socket has
-// IP_FREEBIND (IPV6_FREEBIND for IPv6) set before bind, so it can bind an
-// address this host does not hold yet, such as a virtual IP on the VRRP
-// backup. Accepted connections have TCP keepalive (idle 15 s, interval
-// 15 s, 9 probes: Go's defaults) and TCP_NODELAY (Go's default) on.
-//
-// Keepalive is set once on the listening socket, which the accepted
-// sockets inherit, instead of with four setsockopt calls per accepted
-// connection: the connection rate is the proxy's most syscall-bound
-// workload.
-//
-// SO_REUSEPORT is deliberately not set: with it a second hamr, or any
-// process of the same user, could bind the same port silently and take
-// half the connections. Several listeners per route would need it; they
-// can be added with an explicit option.
-func listen(ctx context.Context, network, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1}
-	return lc.Listen(ctx, network, addr)
+// listener is a route's listening socket. The loops accept on it; it
+// never enters the runtime's netpoller.
+type listener struct {
+	fd   int
+	addr string // bound address, port filled in
+
+	// Accept back-off, shared by the loops: the first error of a burst
+	// is logged, and the recovery.
+	failures atomic.Int64
+	mu       sync.Mutex
+	delay    time.Duration
 }
 
-// Keepalive settings of accepted connections.
+// Accept back-off, as in net/http: 5 ms doubling up to 1 s.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// Keepalive settings of client and destination sockets: Go's defaults.
 const (
 	keepIdle     = 15 // seconds
 	keepInterval = 15 // seconds
 	keepCount    = 9
 )
 
-// listenControl prepares the listening socket: IP_FREEBIND and the
-// keepalive options that accepted sockets inherit.
-func listenControl(network, addr string, c syscall.RawConn) error {
-	if err := freebind(network, addr, c); err != nil {
-		return err
-	}
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		for _, o := range []struct{ level, opt, v int }{
-			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepIdle},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepInterval},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepCount},
-		} {
-			if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
-				return
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set keepalive: %w", serr)
-	}
-	return nil
+// sockOpts are set on the listening socket, which accepted sockets
+// inherit them from (one setsockopt per listener instead of five per
+// client: the connection rate is the proxy's most syscall-bound
+// workload), and on each dialed socket.
+var sockOpts = []struct{ level, opt, v int }{
+	{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepIdle},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepInterval},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepCount},
 }
 
-// freebind sets IP_FREEBIND or IPV6_FREEBIND on the socket being bound.
-func freebind(network, _ string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		if network == "tcp6" {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
-	})
+// listenBacklog is the listen(2) backlog; the kernel caps it at
+// net.core.somaxconn.
+const listenBacklog = 65535
+
+// listenTCP binds and listens on addr, an IP literal and a port. The
+// socket has IP_FREEBIND (IPV6_FREEBIND for IPv6) set before bind, so
+// it can bind an address this host does not hold yet, such as a virtual
+// IP on the VRRP backup, and SO_REUSEADDR, as Go's listeners do.
+//
+// SO_REUSEPORT is deliberately not set: with it a second hamr, or any
+// process of the same user, could bind the same port silently and take
+// half the connections. The loops share the one socket instead.
+func listenTCP(addr string) (*listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	if serr != nil {
-		return fmt.Errorf("set freebind: %w", serr)
+	sa, family := sockaddr(ap)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("socket", err))
 	}
-	return nil
+	opts := append([]struct{ level, opt, v int }{{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1}}, sockOpts...)
+	if family == unix.AF_INET6 {
+		opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1})
+		if ap.Addr().IsUnspecified() {
+			// [::] takes IPv4 clients too, as Go's listeners do.
+			opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0})
+		}
+	} else {
+		opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("setsockopt", err))
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("bind", err))
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("listen", err))
+	}
+	bound, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("getsockname", err))
+	}
+	return &listener{fd: fd, addr: sockaddrString(bound)}, nil
+}
+
+// sockaddr converts ap to a socket address and its family.
+func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
+	a := ap.Addr()
+	if a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}, unix.AF_INET
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	if z := a.Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return sa, unix.AF_INET6
+}
+
+// sockaddrString formats a socket address as host:port.
+func sockaddrString(sa unix.Sockaddr) string {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	}
+	return "?"
+}
+
+// close closes the socket. No loop may be accepting on it.
+func (ln *listener) close() { unix.Close(ln.fd) }
+
+// failed records an accept error and returns how long to pause.
+func (ln *listener) failed(r *Route, err error) time.Duration {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if ln.failures.Add(1) == 1 {
+		ln.delay = minAcceptDelay
+		r.log.Warn("accept failed; retrying with back-off", "err", err)
+	} else {
+		ln.delay = min(2*ln.delay, maxAcceptDelay)
+	}
+	return ln.delay
+}
+
+// recovered records a successful accept; the first after errors is
+// logged.
+func (ln *listener) recovered(r *Route) {
+	if ln.failures.Load() == 0 {
+		return
+	}
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if n := ln.failures.Swap(0); n > 0 {
+		r.log.Info("accept recovered", "failures", n)
+	}
 }

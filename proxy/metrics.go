@@ -1,6 +1,11 @@
 package proxy
 
 import (
+	"net"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +97,12 @@ type dest struct {
 	addr     string
 	sessions map[*session]struct{} // guarded by Route.mu
 
+	// An IP destination is dialed by the loops themselves; sa is nil
+	// for a hostname.
+	sa     unix.Sockaddr
+	family int
+	tcp    *net.TCPAddr // for errors
+
 	active   prometheus.Gauge
 	total    prometheus.Counter
 	c2s, s2c prometheus.Counter
@@ -99,7 +110,7 @@ type dest struct {
 }
 
 func (m *Metrics) dest(route, addr string) *dest {
-	return &dest{
+	d := &dest{
 		addr:     addr,
 		sessions: make(map[*session]struct{}),
 		active:   m.active.WithLabelValues(route, addr),
@@ -108,4 +119,24 @@ func (m *Metrics) dest(route, addr string) *dest {
 		s2c:      m.bytes.WithLabelValues(route, addr, "server_to_client"),
 		dialErrs: m.dialErrs.WithLabelValues(route, addr),
 	}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		d.sa, d.family = sockaddr(ap)
+		d.tcp = net.TCPAddrFromAddrPort(ap)
+	}
+	return d
+}
+
+// sockaddr returns a copy of d.sa for one connect(2): the kernel's form
+// of the address is kept inside the value, which the loops must not
+// share.
+func (d *dest) sockaddr() unix.Sockaddr {
+	switch sa := d.sa.(type) {
+	case *unix.SockaddrInet4:
+		c := *sa
+		return &c
+	case *unix.SockaddrInet6:
+		c := *sa
+		return &c
+	}
+	return d.sa
 }

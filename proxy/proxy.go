@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,17 +41,16 @@ type Options struct {
 
 	// Dial connects to a destination. It must honour ctx and return a
 	// *net.TCPConn (anything else is closed and counted as a failed dial).
-	// nil uses a net.Dialer with TCP keepalive (Go's default, 15 s).
+	// nil: the loops connect with non-blocking connect(2) themselves, with
+	// TCP keepalive (idle 15 s, as Go's dialer) and TCP_NODELAY;
+	// destinations given by hostname are resolved and dialed by a
+	// net.Dialer. Dial is for tests: it costs a goroutine per connection.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// OnDialError, if set, is called after a failed dial, once the proxy
 	// itself has marked the destination down with p.Route.SetUp(p.Index,
 	// false). It runs on the client's goroutine: keep it short.
 	OnDialError func(p routing.Pick, err error)
-
-	// Listen opens the listening socket. nil binds with IP_FREEBIND. Tests
-	// inject listeners that fail on demand.
-	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
 }
 
 // Route serves one route: it accepts clients on Config.Addr and connects
@@ -60,8 +60,8 @@ type Route struct {
 	rt          *routing.Route
 	fb          *routing.Route // rt's fallback route, or nil
 	log         *slog.Logger
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
-	listen      func(ctx context.Context, network, addr string) (net.Listener, error)
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error) // Options.Dial
+	dialer      net.Dialer                                                        // for hostnames
 	onDialError func(routing.Pick, error)
 
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
@@ -76,14 +76,17 @@ type Route struct {
 	cancel  context.CancelFunc // cancels ctx
 	stop    chan struct{}      // closed when Shutdown starts
 	kick    chan struct{}      // availability may have changed
-	wg      sync.WaitGroup     // every goroutine the Route starts
+	wg      sync.WaitGroup     // every client being served, and every goroutine but the loops
+	loopsWG sync.WaitGroup     // the loops' goroutines
+	loops   []*loop            // set by Start
 	clients atomic.Int64       // client connections being served
-	idle    *idlePoller        // where idle directions park; nil: never park
 	gen     atomic.Uint64      // incremented by CloseSessions
 
+	lnMu sync.Mutex // held while the listener is opened or closed; before mu
+
 	mu       sync.Mutex
-	ln       net.Listener // nil while not listening
-	addr     string       // bound address, reused when re-binding
+	ln       *listener // nil while not listening
+	addr     string    // bound address, reused when re-binding
 	started  bool
 	stopping bool // Shutdown has begun: no new listener
 	closing  bool // Shutdown's ctx is done: no new session
@@ -97,7 +100,6 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 		rt:          rt,
 		log:         opts.Logger,
 		dial:        opts.Dial,
-		listen:      opts.Listen,
 		onDialError: opts.OnDialError,
 		stop:        make(chan struct{}),
 		kick:        make(chan struct{}, 1),
@@ -108,12 +110,6 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	r.log = r.log.With("route", cfg.Name)
-	if r.dial == nil {
-		r.dial = (&net.Dialer{}).DialContext
-	}
-	if r.listen == nil {
-		r.listen = listen
-	}
 	m := opts.Metrics
 	if m == nil {
 		m = NewMetrics(nil)
@@ -162,6 +158,8 @@ func (r *Route) Start() error {
 	if err := r.check(); err != nil {
 		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
 	}
+	r.lnMu.Lock()
+	defer r.lnMu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -170,16 +168,27 @@ func (r *Route) Start() error {
 	case r.stopping:
 		return fmt.Errorf("proxy: route %q: shut down", r.cfg.Name)
 	}
-	ln, err := r.listen(r.ctx, "tcp", r.addr)
+	ln, err := listenTCP(r.addr)
 	if err != nil {
 		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
 	}
-	r.started = true
-	r.addr = ln.Addr().String()
-	if r.idle, err = newIdlePoller(); err != nil {
-		// Sessions still work, each idle direction on its own goroutine.
-		r.log.Warn("idle sessions will not park", "err", err)
+	for range runtime.GOMAXPROCS(0) {
+		l, err := newLoop(r)
+		if err != nil {
+			ln.close()
+			for _, l := range r.loops {
+				l.release()
+			}
+			r.loops = nil
+			return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
+		}
+		r.loops = append(r.loops, l)
 	}
+	for _, l := range r.loops {
+		r.loopsWG.Go(l.loopRun)
+	}
+	r.started = true
+	r.addr = ln.addr
 	// Watch before the first session, so that no primary move is missed.
 	// routing.Route cannot forget a watcher: after Shutdown, changed
 	// finds nothing to do.
@@ -227,18 +236,19 @@ func (r *Route) Sessions() []int {
 // route can bind the address at once; open sessions go on. Shutdown
 // calls it first.
 func (r *Route) StopAccepting() {
+	r.lnMu.Lock()
+	defer r.lnMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.stopping {
+		r.mu.Unlock()
 		return
 	}
 	r.stopping = true
 	close(r.stop)
-	if r.ln != nil {
-		r.ln.Close()
-		r.ln = nil
-	}
-	r.log.Info("shutting down; draining sessions", "sessions", r.open())
+	n := r.open()
+	r.mu.Unlock()
+	r.closeListener()
+	r.log.Info("shutting down; draining sessions", "sessions", n)
 }
 
 // Shutdown stops accepting clients and waits for open sessions to end.
@@ -256,7 +266,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		r.cancel()
-		r.closeIdle()
+		r.stopLoops()
 		return nil
 	case <-ctx.Done():
 	}
@@ -265,11 +275,14 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	r.closing = true
 	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
 	r.mu.Unlock()
+	for _, l := range r.loops {
+		l.post(func(l *loop) { l.closeAll() }) // clients still being connected
+	}
 	if n > 0 {
 		r.log.Warn("drain deadline reached; sessions closed", "sessions", n)
 	}
 	<-done
-	r.closeIdle()
+	r.stopLoops()
 	return ctx.Err()
 }
 
@@ -289,15 +302,12 @@ func (r *Route) CloseSessions() int {
 	return n
 }
 
-// closeIdle stops the idle poller once no session is left to park in it.
-func (r *Route) closeIdle() {
-	r.mu.Lock()
-	p := r.idle
-	r.idle = nil
-	r.mu.Unlock()
-	if p != nil {
-		p.close()
+// stopLoops ends the loops once no session is left.
+func (r *Route) stopLoops() {
+	for _, l := range r.loops {
+		l.post(func(l *loop) { l.closed = true })
 	}
+	r.loopsWG.Wait()
 }
 
 // open returns the number of open sessions. r.mu must be held.
@@ -312,59 +322,30 @@ func (r *Route) open() int {
 	return n
 }
 
-// serveListener makes ln the route's listener and starts accepting on it.
+// serveListener makes ln the route's listener: the loops accept on it.
 // r.mu must be held.
-func (r *Route) serveListener(ln net.Listener) {
+func (r *Route) serveListener(ln *listener) {
 	r.ln = ln
-	r.wg.Go(func() { r.accept(ln) })
+	for _, l := range r.loops {
+		l.post(func(l *loop) { l.addListener(ln) })
+	}
 }
 
-// Accept back-off, as in net/http: 5 ms doubling up to 1 s.
-const (
-	minAcceptDelay = 5 * time.Millisecond
-	maxAcceptDelay = time.Second
-)
-
-// accept serves ln until it is closed. Every other error (EMFILE, ENFILE,
-// ENOBUFS, ...) is retried after a growing delay; the first error of a
-// burst is logged, and the recovery.
-func (r *Route) accept(ln net.Listener) {
-	var delay time.Duration
-	failures := 0
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			failures++
-			if delay == 0 {
-				delay = minAcceptDelay
-				r.log.Warn("accept failed; retrying with back-off", "err", err)
-			} else {
-				delay = min(2*delay, maxAcceptDelay)
-			}
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-r.stop:
-				t.Stop()
-				return
-			}
-			continue
-		}
-		if failures > 0 {
-			r.log.Info("accept recovered", "failures", failures)
-			delay, failures = 0, 0
-		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			r.log.Error("listener returned a non-TCP connection; closed", "type", fmt.Sprintf("%T", c))
-			c.Close()
-			continue
-		}
-		r.wg.Go(func() { r.serve(tc) })
+// closeListener takes the listener from the loops and closes it, so that
+// the address is free when it returns. r.lnMu must be held, and not r.mu:
+// the loops take r.mu.
+func (r *Route) closeListener() {
+	r.mu.Lock()
+	ln := r.ln
+	r.ln = nil
+	r.mu.Unlock()
+	if ln == nil {
+		return
 	}
+	for _, l := range r.loops {
+		l.call(func(l *loop) { l.removeListener(ln) })
+	}
+	ln.close()
 }
 
 // changed is the routing.Route watcher: it enforces the one-destination
@@ -412,21 +393,25 @@ func (r *Route) supervise() {
 // false when a bind failed.
 func (r *Route) reconcile() bool {
 	up := r.rt.Available()
+	r.lnMu.Lock()
+	defer r.lnMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	stopping, listening := r.stopping, r.ln != nil
+	r.mu.Unlock()
 	switch {
-	case r.stopping:
-	case up && r.ln == nil:
-		ln, err := r.listen(r.ctx, "tcp", r.addr)
+	case stopping:
+	case up && !listening:
+		ln, err := listenTCP(r.addr)
 		if err != nil {
 			r.log.Error("destination available but re-binding failed; retrying", "addr", r.addr, "err", err)
 			return false
 		}
+		r.mu.Lock()
 		r.serveListener(ln)
+		r.mu.Unlock()
 		r.log.Info("destination available; listening again", "addr", r.addr)
-	case !up && r.ln != nil:
-		r.ln.Close()
-		r.ln = nil
+	case !up && listening:
+		r.closeListener()
 		r.log.Warn("no destination available; listener closed", "addr", r.addr)
 	}
 	return true

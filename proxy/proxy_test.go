@@ -63,63 +63,6 @@ func TestFreebind(t *testing.T) {
 	}
 }
 
-// flakyListener fails the next n Accept calls with EMFILE, as accept(2)
-// does when the process is out of file descriptors.
-type flakyListener struct {
-	net.Listener
-	fails atomic.Int32
-	calls atomic.Int32
-}
-
-func (l *flakyListener) Accept() (net.Conn, error) {
-	l.calls.Add(1)
-	if l.fails.Add(-1) >= 0 {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
-	}
-	return l.Listener.Accept()
-}
-
-func TestAcceptSurvivesEMFILE(t *testing.T) {
-	be := newBackend(t, echo)
-	rt := newRouting(t, routing.FirstAvailable, be.addr())
-	var logs logBuffer
-	fl := &flakyListener{}
-	fl.fails.Store(5)
-	p := startRoute(t, Config{}, rt, Options{
-		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
-		Listen: func(ctx context.Context, network, addr string) (net.Listener, error) {
-			ln, err := listen(ctx, network, addr)
-			fl.Listener = ln
-			return fl, err
-		},
-	})
-	c := dialProxy(t, p)
-	if err := roundTrip(c, "hello"); err != nil {
-		t.Fatalf("after EMFILE burst: %v", err)
-	}
-	if n := fl.calls.Load(); n < 6 {
-		t.Errorf("Accept called %d times, want the 5 failures retried", n)
-	}
-	if n := logs.count("accept failed"); n != 1 {
-		t.Errorf("logged %d accept failures for one burst, want 1:\n%s", n, logs.buf.String())
-	}
-	if n := logs.count("accept recovered"); n != 1 {
-		t.Errorf("logged %d recoveries, want 1", n)
-	}
-
-	// Shutdown while the loop is backing off ends it.
-	c.Close()
-	fl.fails.Store(1 << 30)
-	d := dialProxy(t, p) // wakes the blocked Accept; the next ones fail
-	d.Close()
-	eventually(t, "a failing Accept", func() bool { return fl.calls.Load() > 8 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown during back-off: %v", err)
-	}
-}
-
 func TestFailoverOnDialError(t *testing.T) {
 	for _, tc := range []struct {
 		name string

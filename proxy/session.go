@@ -6,149 +6,255 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/hamr-project/hamr/routing"
+	"golang.org/x/sys/unix"
 )
-
-// refuseTimeout bounds the write of an ERR packet to a refused client.
-const refuseTimeout = time.Second
 
 // errMoved is the reason a dialed connection was dropped: the primary
 // moved while it was being dialed.
 var errMoved = errors.New("primary moved during dial")
 
-// errClosedAll is the reason a client being connected was dropped:
-// CloseSessions ran meanwhile (its address was a VIP given up).
-var errClosedAll = errors.New("sessions closed during dial")
+// errConnectTimeout is the error of a dial attempt that ran out of
+// connect_timeout.
+var errConnectTimeout = &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
 
-// session is one client connected to one destination.
+// Session states.
+const (
+	stateConnecting uint8 = iota // dialing a destination
+	stateOpen                    // relaying
+	stateClosed
+)
+
+// session is one client and, once connected, its destination. Its loop
+// owns it; other goroutines only kill it (see kill).
 type session struct {
 	r        *Route
-	d        *dest
-	client   *net.TCPConn
-	server   *net.TCPConn
-	c2s, s2c relay        // the two directions
-	pending  atomic.Int32 // copy directions still running
-	gen      uint64       // Route.gen when the client was taken in
+	l        *loop
+	tag      uint32 // epoll tag of the session's sockets
+	state    uint8
+	cfd, sfd int // client and destination sockets; sfd is -1 when none
+	attempt  int // dial attempts so far
+	gen      uint64
+	pick     routing.Pick // the destination being dialed or connected
+	d        *dest        // set once registered with the Route
+	c2s, s2c flow
+
+	// mu orders the loop closing the sockets with kill shutting them
+	// down from another goroutine, so that kill never touches a
+	// descriptor number that was closed and reused.
+	mu   sync.Mutex
+	dead atomic.Bool // the sockets are closed or shut down
 }
 
-// serve handles one accepted client on its own goroutine: it connects
-// the client to a destination and starts the session's two directions.
-func (r *Route) serve(c *net.TCPConn) {
+// accept takes clients from sl's listener.
+func (l *loop) accept(sl *lnSlot) {
+	for range acceptsPerWake {
+		fd, _, err := unix.Accept4(sl.ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+			sl.ln.recovered(l.r)
+			l.admit(fd)
+			continue
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED:
+			continue
+		}
+		// EMFILE, ENFILE, ENOBUFS, ...: retry after a growing delay.
+		l.pause(sl, sl.ln.failed(l.r, os.NewSyscallError("accept4", err)))
+		return
+	}
+	// More may be waiting: the listener is level-triggered, the next
+	// epoll_wait reports it again.
+}
+
+// admit starts serving a new client.
+func (l *loop) admit(cfd int) {
+	r := l.r
 	if r.clients.Add(1) > int64(r.cfg.MaxConnections) {
 		r.clients.Add(-1)
 		r.refusedMax.Inc()
 		if r.log.Enabled(r.ctx, slog.LevelDebug) { // no argument boxing when off
-			r.log.Debug("client refused: max_connections reached", "client", c.RemoteAddr(), "max_connections", r.cfg.MaxConnections)
+			r.log.Debug("client refused: max_connections reached", "client", peer(cfd), "max_connections", r.cfg.MaxConnections)
 		}
-		r.refuse(c, r.errTooMany)
+		refuse(cfd, r.errTooMany)
 		return
 	}
-	s, err := r.connect(c)
+	r.wg.Add(1)
+	s := &session{r: r, l: l, tag: l.nextTag(), cfd: cfd, sfd: -1, gen: r.gen.Load()}
+	l.put(cfd, s)
+	l.connect(s)
+}
+
+// refuse writes an ERR packet to a new client and closes it. The packet
+// is the first write on the socket: it fits the send buffer.
+func refuse(fd int, pkt []byte) {
+	write(fd, pkt)
+	unix.Close(fd)
+}
+
+// peer returns fd's peer address for logs.
+func peer(fd int) string {
+	sa, err := unix.Getpeername(fd)
 	if err != nil {
-		r.clients.Add(-1)
-		if errors.Is(err, routing.ErrNoDestination) {
-			r.refusedNoDest.Inc()
-			if r.log.Enabled(r.ctx, slog.LevelDebug) {
-				r.log.Debug("client refused: no destination", "client", c.RemoteAddr(), "err", err)
-			}
-			r.refuse(c, r.errNoDest)
-			return
-		}
-		c.Close()
-		return
+		return "?"
 	}
-	// Each direction holds one count of r.wg until it finishes, also
-	// while parked (park.go) without a goroutine. The server speaks first
-	// in MySQL: the client-to-server direction starts parked and gets a
-	// goroutine when the client has something to say. The other gets a
-	// fresh goroutine: this one's stack grew while dialing.
-	r.wg.Add(2)
-	if r.idle == nil || !s.c2s.park() {
-		go s.c2s.loop()
-	}
-	go s.s2c.loop()
+	return sockaddrString(sa)
 }
 
-// refuse writes an ERR packet to c and closes it.
-func (r *Route) refuse(c *net.TCPConn, pkt []byte) {
-	c.SetWriteDeadline(time.Now().Add(refuseTimeout))
-	c.Write(pkt)
-	c.Close()
-}
-
-// connect picks and dials destinations for client c until one answers and
-// its session is registered. Each failed dial marks its destination down.
-// The number of attempts is bounded by the number of destinations.
-func (r *Route) connect(c *net.TCPConn) (*session, error) {
-	gen := r.gen.Load()
-	var last error
-	for range r.attempts {
+// connect picks the next destination for s and starts dialing it. A
+// failed dial comes back through dialFailed, which calls connect again;
+// the number of attempts is bounded by the number of destinations.
+func (l *loop) connect(s *session) {
+	r := l.r
+	for s.attempt < r.attempts {
+		s.attempt++
 		p, err := r.rt.Pick()
 		if err != nil {
-			return nil, err
+			l.refuseNoDest(s, err)
+			return
 		}
 		d := r.dest(p)
 		if d == nil {
-			return nil, fmt.Errorf("route %s: pick %d (%s) is not a destination of the route", r.cfg.Name, p.Index, p.Addr)
+			l.r.log.Error("pick is not a destination of the route", "index", p.Index, "destination", p.Addr)
+			l.closeSession(s)
+			return
 		}
-		sc, err := r.dialOne(p.Addr)
+		s.pick = p
+		s.state = stateConnecting
+		if d.sa == nil || r.dial != nil {
+			l.dialSlow(s, d, s.attempt)
+			return
+		}
+		fd, done, err := dialRaw(d)
 		if err != nil {
-			if r.ctx.Err() != nil {
-				return nil, err // shutting down; not the destination's fault
+			if l.dialError(s, err) {
+				continue
 			}
-			if local(err) {
-				// Out of file descriptors, memory or ephemeral ports:
-				// another destination would fail the same way, and
-				// marking them down would turn a local shortage into an
-				// outage. Drop this client only.
-				r.log.Warn("dial failed for lack of local resources; client closed", "destination", p.Addr, "err", err)
-				return nil, err
-			}
-			d.dialErrs.Inc()
-			if p.Route.SetUp(p.Index, false) {
-				r.log.Warn("dial failed; destination marked down", "destination", p.Addr, "err", err)
-			} else {
-				r.log.Debug("dial failed", "destination", p.Addr, "err", err)
-			}
-			if r.onDialError != nil {
-				r.onDialError(p, err)
-			}
-			last = err
-			continue
+			return
 		}
-		s := &session{r: r, d: d, client: c, server: sc, gen: gen}
-		if err := s.init(); err != nil {
-			sc.Close()
-			return nil, err
+		s.sfd = fd
+		l.put(fd, s)
+		if err := l.add(fd, s.tag); err != nil {
+			l.r.log.Error("client closed", "err", err)
+			l.closeSession(s)
+			return
 		}
-		if r.register(s, p) {
-			return s, nil
+		if done {
+			l.connected(s, unix.EPOLLIN)
+			return
 		}
-		sc.Close()
-		if r.ctx.Err() != nil {
-			return nil, r.ctx.Err()
-		}
-		if r.gen.Load() != gen {
-			return nil, errClosedAll
-		}
-		last = errMoved
+		l.dials = append(l.dials, dialTimer{at: l.now + int64(r.cfg.ConnectTimeout), s: s, tag: s.tag, attempt: s.attempt})
+		return
 	}
-	return nil, fmt.Errorf("route %s: %w after %d attempts: %w", r.cfg.Name, routing.ErrNoDestination, r.attempts, last)
+	l.refuseNoDest(s, fmt.Errorf("route %s: %w after %d attempts", r.cfg.Name, routing.ErrNoDestination, r.attempts))
 }
 
-// local reports whether a dial error is a shortage on this host rather
-// than a fault of the destination.
-func local(err error) bool {
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
-		if errors.Is(err, e) {
-			return true
+// refuseNoDest sends s's client the "no destination" ERR packet.
+func (l *loop) refuseNoDest(s *session, err error) {
+	r := l.r
+	r.refusedNoDest.Inc()
+	if r.log.Enabled(r.ctx, slog.LevelDebug) {
+		r.log.Debug("client refused: no destination", "client", peer(s.cfd), "err", err)
+	}
+	write(s.cfd, r.errNoDest)
+	l.closeSession(s)
+}
+
+// dialRaw starts a non-blocking connect to d. done reports a connection
+// completed at once.
+func dialRaw(d *dest) (fd int, done bool, err error) {
+	fd, err = unix.Socket(d.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("socket", err)}
+	}
+	// TCP_NODELAY and keepalive, as Go's dialer sets them.
+	for _, o := range sockOpts {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			unix.Close(fd)
+			return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("setsockopt", err)}
 		}
 	}
-	return false
+	switch err := unix.Connect(fd, d.sockaddr()); err {
+	case nil:
+		return fd, true, nil
+	case unix.EINPROGRESS, unix.EINTR:
+		return fd, false, nil
+	default:
+		unix.Close(fd)
+		return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("connect", err)}
+	}
+}
+
+// dialSlow dials through Route.dial on a goroutine: for test hooks, and
+// for destinations given by hostname, which need the resolver. The
+// connection leaves the runtime's netpoller and comes back to the loop.
+func (l *loop) dialSlow(s *session, d *dest, attempt int) {
+	r := l.r
+	dial := r.dial
+	if dial == nil {
+		dial = r.dialer.DialContext
+	}
+	addr, tag := s.pick.Addr, s.tag
+	r.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.ConnectTimeout)
+		c, err := dial(ctx, "tcp", addr)
+		cancel()
+		fd := -1
+		if err == nil {
+			fd, err = detach(c, addr)
+		}
+		l.post(func(l *loop) {
+			if s.tag != tag || s.state != stateConnecting || s.attempt != attempt {
+				if fd >= 0 {
+					unix.Close(fd)
+				}
+				return
+			}
+			if err != nil {
+				l.dialFailed(s, err)
+				return
+			}
+			s.sfd = fd
+			l.put(fd, s)
+			if err := l.add(fd, s.tag); err != nil {
+				l.r.log.Error("client closed", "err", err)
+				l.closeSession(s)
+				return
+			}
+			l.connected(s, unix.EPOLLIN)
+		})
+	})
+}
+
+// detach takes c's socket out of the runtime's netpoller: the loop owns
+// the duplicate it returns. c is closed.
+func detach(c net.Conn, addr string) (int, error) {
+	defer c.Close()
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return -1, fmt.Errorf("dial %s: got a %T, want a *net.TCPConn", addr, c)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(f uintptr) {
+		fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("fcntl", derr)}
+	}
+	return fd, nil
 }
 
 // dest returns the destination of pick p, or nil.
@@ -166,27 +272,217 @@ func (r *Route) dest(p routing.Pick) *dest {
 	return ds[p.Index]
 }
 
-// dialOne dials addr within the connect timeout.
-func (r *Route) dialOne(addr string) (*net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.ConnectTimeout)
-	defer cancel()
-	c, err := r.dial(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
+// dialError handles a dial that failed before it started (socket,
+// connect): it reports whether to try the next destination.
+func (l *loop) dialError(s *session, err error) bool {
+	if local(err) {
+		l.r.log.Warn("dial failed for lack of local resources; client closed", "destination", s.pick.Addr, "err", err)
+		l.closeSession(s)
+		return false
 	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("dial %s: got a %T, want a *net.TCPConn", addr, c)
-	}
-	return tc, nil
+	l.markDown(s, err)
+	return true
 }
 
-// register records s as open if p is still current. On a read-write route
-// it first closes any session to another destination, so that under r.mu
-// the route never has sessions to two destinations, even in the moment
-// between the primary moving and the watcher running.
-func (r *Route) register(s *session, p routing.Pick) bool {
+// dialFailed handles a dial attempt that failed after it started, and
+// tries the next destination.
+func (l *loop) dialFailed(s *session, err error) {
+	if s.sfd >= 0 {
+		l.table[s.sfd] = nil
+		unix.Close(s.sfd)
+		s.sfd = -1
+	}
+	if l.r.ctx.Err() != nil {
+		l.closeSession(s) // shutting down; not the destination's fault
+		return
+	}
+	if !l.dialError(s, err) {
+		return
+	}
+	l.connect(s)
+}
+
+// markDown marks s's destination down after a failed dial.
+func (l *loop) markDown(s *session, err error) {
+	r, p := l.r, s.pick
+	if d := r.dest(p); d != nil {
+		d.dialErrs.Inc()
+	}
+	if p.Route.SetUp(p.Index, false) {
+		r.log.Warn("dial failed; destination marked down", "destination", p.Addr, "err", err)
+	} else {
+		r.log.Debug("dial failed", "destination", p.Addr, "err", err)
+	}
+	if r.onDialError != nil {
+		r.onDialError(p, err)
+	}
+}
+
+// local reports whether a dial error is a shortage on this host rather
+// than a fault of the destination: another destination would fail the
+// same way, and marking them down would turn a local shortage into an
+// outage.
+func local(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// event handles an epoll event on one of s's sockets.
+func (l *loop) event(s *session, fd int, ev uint32) {
+	const trouble = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	switch s.state {
+	case stateConnecting:
+		if fd != s.sfd {
+			return
+		}
+		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			err := error(unix.ECONNREFUSED)
+			if e, gerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
+				err = unix.Errno(e)
+			}
+			l.dialFailed(s, &net.OpError{Op: "dial", Net: "tcp", Addr: l.r.dest(s.pick).tcp, Err: os.NewSyscallError("connect", err)})
+			return
+		}
+		if ev&unix.EPOLLOUT != 0 {
+			l.connected(s, ev)
+		}
+	case stateOpen:
+		// The flow reading fd; and the flow writing to fd, if it waits.
+		in, out := &s.c2s, &s.s2c
+		if fd == s.sfd {
+			in, out = out, in
+		}
+		if ev&(unix.EPOLLIN|trouble) != 0 {
+			if !l.pumpOrClose(s, in, ev&trouble != 0) {
+				return
+			}
+		}
+		if out.blocked && ev&(unix.EPOLLOUT|trouble) != 0 {
+			// Resumed after a stop: src's edges came while we did not
+			// read, so read until EAGAIN.
+			l.pumpOrClose(s, out, true)
+		}
+	}
+}
+
+// pumpOrClose runs f and ends the session on an error, a kill, or when
+// both directions have ended. It reports whether the session is open.
+func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
+	if err := l.pump(s, f, drain); err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
+		l.closeSession(s)
+		return false
+	}
+	return true
+}
+
+// connected takes s from dialing to relaying, unless the Route no longer
+// wants it; ev is the event that reported the connection.
+func (l *loop) connected(s *session, ev uint32) {
+	r := l.r
+	d := r.dest(s.pick)
+	s.d = d
+	if !r.register(s) {
+		l.table[s.sfd] = nil
+		unix.Close(s.sfd)
+		s.sfd = -1
+		s.d = nil
+		if r.ctx.Err() != nil || r.gen.Load() != s.gen {
+			l.closeSession(s) // shutting down, or CloseSessions ran
+			return
+		}
+		l.connect(s) // the primary moved meanwhile: dial the new one
+		return
+	}
+	s.state = stateOpen // from here on closeSession unregisters s
+	s.c2s = flow{src: s.cfd, dst: s.sfd}
+	s.s2c = flow{src: s.sfd, dst: s.cfd}
+	// The client socket joins the epoll now: whatever it sent meanwhile
+	// is reported at once.
+	if err := l.add(s.cfd, s.tag); err != nil {
+		r.log.Error("client closed", "err", err)
+		l.closeSession(s)
+		return
+	}
+	// The server speaks first; its greeting may have come with the
+	// connection's edge.
+	if ev&unix.EPOLLIN != 0 {
+		l.pumpOrClose(s, &s.s2c, true)
+	}
+}
+
+// eof ends flow f after src's EOF: the half-close goes on to dst.
+func (l *loop) eof(s *session, f *flow) error {
+	f.eof = true
+	f.release()
+	if err := unix.Shutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+		return err
+	}
+	return nil
+}
+
+// closeSession ends s: it closes both sockets, returns what the flows
+// hold, and forgets s.
+func (l *loop) closeSession(s *session) {
+	if s.state == stateClosed {
+		return
+	}
+	registered := s.state == stateOpen
+	s.state = stateClosed
+	s.mu.Lock()
+	s.dead.Store(true)
+	for _, fd := range []int{s.cfd, s.sfd} {
+		if fd >= 0 {
+			l.table[fd] = nil
+			unix.Close(fd)
+		}
+	}
+	s.mu.Unlock()
+	s.c2s.release()
+	s.s2c.release()
+	r := l.r
+	if registered {
+		s.d.c2s.Add(float64(s.c2s.n))
+		s.d.s2c.Add(float64(s.s2c.n))
+		r.unregister(s)
+	}
+	r.clients.Add(-1)
+	r.wg.Done()
+}
+
+// kill closes s from any goroutine: it shuts both sockets down, so
+// that no byte moves any more from this instant, and has the loop close
+// them. r.mu may be held.
+func (s *session) kill() {
+	s.mu.Lock()
+	if !s.dead.Load() {
+		s.dead.Store(true) // for the loop: close at the next event
+		unix.Shutdown(s.cfd, unix.SHUT_RDWR)
+		if s.sfd >= 0 {
+			unix.Shutdown(s.sfd, unix.SHUT_RDWR)
+		}
+	}
+	s.mu.Unlock()
+	tag := s.tag
+	s.l.post(func(l *loop) {
+		if s.tag == tag {
+			l.closeSession(s)
+		}
+	})
+}
+
+// killed reports whether kill ran.
+func (s *session) killed() bool { return s.dead.Load() }
+
+// register records s as open if its pick is still current. On a
+// read-write route it first closes any session to another destination,
+// so that under r.mu the route never has sessions to two destinations,
+// even in the moment between the primary moving and the watcher running.
+func (r *Route) register(s *session) bool {
+	p := s.pick
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closing || s.gen != r.gen.Load() || !p.Route.Current(p) {
@@ -195,15 +491,14 @@ func (r *Route) register(s *session, p routing.Pick) bool {
 	if r.rwPrimary && p.Route == r.rt {
 		r.closeSessions(r.dests, p.Index)
 	}
-	s.pending.Store(2)
 	s.d.sessions[s] = struct{}{}
 	s.d.active.Inc()
 	s.d.total.Inc()
 	return true
 }
 
-// closeSessions closes the sessions of ds except those of ds[keep] (keep
-// may be -1) and returns how many it closed. r.mu must be held.
+// closeSessions kills the sessions of ds except those of ds[keep] (keep
+// may be -1) and returns how many it killed. r.mu must be held.
 func (r *Route) closeSessions(ds []*dest, keep int) int {
 	n := 0
 	for i, d := range ds {
@@ -213,68 +508,14 @@ func (r *Route) closeSessions(ds []*dest, keep int) int {
 		for s := range d.sessions {
 			delete(d.sessions, s)
 			d.active.Dec()
-			s.close()
+			s.kill()
 			n++
 		}
 	}
 	return n
 }
 
-// finish ends direction c after its relay returned: it counts the bytes,
-// half-closes towards the receiving side (the client's EOF reaches the
-// destination as EOF, and back), and ends the session if it was the last
-// direction or failed. The relay (relay.go) waits holding nothing, copies
-// small packets with read/write and splices bulk transfers;
-// TestCopySplices and TestIdleSessionsHoldNoPipes check both.
-func (s *session) finish(c *relay, n int64, err error) {
-	defer s.r.wg.Done()
-	if c == &s.c2s {
-		s.d.c2s.Add(float64(n))
-		s.server.CloseWrite()
-	} else {
-		s.d.s2c.Add(float64(n))
-		s.client.CloseWrite()
-	}
-	s.done(err)
-}
-
-// done ends one direction. An error (a reset, or a close by the proxy)
-// ends the whole session; the last direction to end closes both conns.
-func (s *session) done(err error) {
-	if err != nil {
-		s.close()
-	}
-	if s.pending.Add(-1) == 0 {
-		s.close()
-		s.r.unregister(s)
-	}
-}
-
-// init prepares both relays.
-func (s *session) init() error {
-	crc, err := s.client.SyscallConn()
-	if err != nil {
-		return err
-	}
-	src, err := s.server.SyscallConn()
-	if err != nil {
-		return err
-	}
-	s.c2s.init(s, s.client, s.server, crc, src)
-	s.s2c.init(s, s.server, s.client, src, crc)
-	return nil
-}
-
-// close closes both sockets, and resumes a parked direction so that it
-// sees the close and finishes.
-func (s *session) close() {
-	s.client.Close()
-	s.server.Close()
-	s.c2s.resume()
-	s.s2c.resume()
-}
-
-// unregister forgets s, unless it was already closed by the route.
+// unregister forgets s, unless the Route already did.
 func (r *Route) unregister(s *session) {
 	r.mu.Lock()
 	if _, ok := s.d.sessions[s]; ok {
@@ -282,5 +523,4 @@ func (r *Route) unregister(s *session) {
 		s.d.active.Dec()
 	}
 	r.mu.Unlock()
-	r.clients.Add(-1)
 }

@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A loop is one event loop of a Route: a goroutine blocked in its own
+// epoll instance, which accepts clients, dials destinations and relays
+// the bytes of the sessions it owns. A Route runs GOMAXPROCS loops. The
+// sockets never enter the runtime's netpoller: a message costs the loop
+// one read(2) and one write(2), with no goroutine to wake.
+//
+// Everything a loop owns (its sessions' sockets and flows, the table)
+// is touched by its goroutine only. Other goroutines talk to it with
+// post, which queues a function and wakes the loop through an eventfd.
+type loop struct {
+	r      *Route
+	epfd   int
+	efd    int // eventfd that wakes the loop for posted commands
+	start  time.Time
+	now    int64  // nanoseconds since start, at the last wake-up
+	buf    []byte // read buffer shared by the loop's flows
+	events []unix.EpollEvent
+	table  []*session // by socket descriptor
+	seq    uint32     // last session tag handed out
+
+	lns    map[int]*lnSlot // listeners this loop accepts on, by fd
+	dials  []dialTimer     // connect deadlines, in order (one timeout per Route)
+	ready  []readyFlow     // flows that used up their budget: run again
+	spare  []readyFlow     // the other ready slice, swapped each round
+	closed bool            // exit was posted
+
+	mu   sync.Mutex
+	cmds []func(*loop)
+	run  []func(*loop) // cmds being run; swapped with cmds
+}
+
+// Tags in the high half of an epoll event's data: which kind of
+// descriptor it is. Sessions use their own tag (2 and up), so that an
+// event harvested for a socket closed meanwhile, whose number may
+// already belong to a new session, is recognised and ignored.
+const (
+	tagWake     = 0
+	tagListener = 1
+	firstTag    = 2
+)
+
+// lnSlot is a listener as one loop sees it.
+type lnSlot struct {
+	ln     *listener
+	paused bool  // taken out of the epoll after an accept error
+	until  int64 // when a paused listener goes back in
+}
+
+// dialTimer is the connect deadline of one dial attempt.
+type dialTimer struct {
+	at      int64
+	s       *session
+	tag     uint32
+	attempt int
+}
+
+// readyFlow is a flow to run again without waiting for an event.
+type readyFlow struct {
+	s   *session
+	tag uint32
+	f   *flow
+}
+
+// Per-wake-up limits, so that one busy socket cannot starve the others.
+const (
+	maxEvents      = 128
+	acceptsPerWake = 64
+)
+
+func newLoop(r *Route) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd), Pad: tagWake}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return &loop{
+		r:      r,
+		epfd:   epfd,
+		efd:    efd,
+		start:  time.Now(),
+		buf:    make([]byte, relayBufSize),
+		events: make([]unix.EpollEvent, maxEvents),
+		lns:    make(map[int]*lnSlot),
+		seq:    firstTag - 1,
+	}, nil
+}
+
+// post queues fn to run on the loop's goroutine, and wakes the loop. It
+// never blocks, so it may be called from the loop itself and under
+// Route.mu.
+func (l *loop) post(fn func(*loop)) {
+	l.mu.Lock()
+	l.cmds = append(l.cmds, fn)
+	first := len(l.cmds) == 1
+	l.mu.Unlock()
+	if first {
+		var one = [8]byte{1}
+		unix.Write(l.efd, one[:])
+	}
+}
+
+// call runs fn on the loop's goroutine and waits for it. It must not be
+// called from a loop.
+func (l *loop) call(fn func(*loop)) {
+	done := make(chan struct{})
+	l.post(func(l *loop) {
+		fn(l)
+		close(done)
+	})
+	<-done
+}
+
+// loopRun is the loop's goroutine. It returns after exit was posted;
+// by then the Route has no session left.
+func (l *loop) loopRun() {
+	defer l.release()
+	for !l.closed {
+		n, err := unix.EpollWait(l.epfd, l.events, l.timeout())
+		l.now = int64(time.Since(l.start))
+		if err != nil && err != unix.EINTR {
+			l.r.log.Error("epoll_wait failed; loop stopped", "err", err)
+			return
+		}
+		for i := 0; i < n; i++ {
+			l.dispatch(&l.events[i])
+		}
+		l.runReady()
+		l.expire()
+	}
+}
+
+// timeout returns epoll_wait's timeout: 0 if flows are ready, else until
+// the next deadline, else forever.
+func (l *loop) timeout() int {
+	if len(l.ready) > 0 {
+		return 0
+	}
+	next := int64(-1)
+	if len(l.dials) > 0 {
+		next = l.dials[0].at
+	}
+	for _, sl := range l.lns {
+		if sl.paused && (next < 0 || sl.until < next) {
+			next = sl.until
+		}
+	}
+	if next < 0 {
+		return -1
+	}
+	d := next - int64(time.Since(l.start))
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+// dispatch handles one epoll event.
+func (l *loop) dispatch(ev *unix.EpollEvent) {
+	fd, tag := int(ev.Fd), uint32(ev.Pad)
+	switch tag {
+	case tagWake:
+		l.commands()
+		return
+	case tagListener:
+		if sl := l.lns[fd]; sl != nil && !sl.paused {
+			l.accept(sl)
+		}
+		return
+	}
+	if fd >= len(l.table) {
+		return
+	}
+	s := l.table[fd]
+	if s == nil || s.tag != tag {
+		return // closed since; the number may be reused
+	}
+	l.event(s, fd, ev.Events)
+}
+
+// commands runs what other goroutines posted.
+func (l *loop) commands() {
+	var b [8]byte
+	unix.Read(l.efd, b[:])
+	l.mu.Lock()
+	l.run, l.cmds = l.cmds, l.run[:0]
+	l.mu.Unlock()
+	for i, fn := range l.run {
+		fn(l)
+		l.run[i] = nil
+	}
+}
+
+// runReady runs the flows that used up their budget in the last round.
+func (l *loop) runReady() {
+	if len(l.ready) == 0 {
+		return
+	}
+	l.ready, l.spare = l.spare[:0], l.ready
+	for i, rf := range l.spare {
+		l.spare[i] = readyFlow{}
+		if rf.s.tag == rf.tag && rf.s.state == stateOpen {
+			l.pumpOrClose(rf.s, rf.f, true)
+		}
+	}
+}
+
+// expire fails dial attempts past their deadline and resumes paused
+// listeners.
+func (l *loop) expire() {
+	for len(l.dials) > 0 && l.dials[0].at <= l.now {
+		t := l.dials[0]
+		l.dials[0] = dialTimer{}
+		l.dials = l.dials[1:]
+		if t.s.tag == t.tag && t.s.state == stateConnecting && t.s.attempt == t.attempt {
+			l.dialFailed(t.s, errConnectTimeout)
+		}
+	}
+	if len(l.dials) == 0 {
+		l.dials = l.dials[:0:0] // let the backing array go
+	}
+	for _, sl := range l.lns {
+		if sl.paused && sl.until <= l.now {
+			l.listen(sl)
+		}
+	}
+}
+
+// add registers fd with the loop's epoll for every event, edge-triggered:
+// a socket is registered once and never modified.
+func (l *loop) add(fd int, tag uint32) error {
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(fd),
+		Pad:    int32(tag),
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
+// put records s as the owner of fd in the table.
+func (l *loop) put(fd int, s *session) {
+	if fd >= len(l.table) {
+		t := make([]*session, max(2*len(l.table), fd+1, 64))
+		copy(t, l.table)
+		l.table = t
+	}
+	l.table[fd] = s
+}
+
+// nextTag returns a session tag, never one of the reserved ones.
+func (l *loop) nextTag() uint32 {
+	l.seq++
+	if l.seq < firstTag {
+		l.seq = firstTag
+	}
+	return l.seq
+}
+
+// addListener starts accepting on ln.
+func (l *loop) addListener(ln *listener) {
+	sl := &lnSlot{ln: ln}
+	l.lns[ln.fd] = sl
+	l.listen(sl)
+}
+
+// listen puts sl's listener into the epoll, after a pause or at first.
+// Exclusive: a new client wakes one waiting loop, not all of them.
+func (l *loop) listen(sl *lnSlot) {
+	sl.paused = false
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE,
+		Fd:     int32(sl.ln.fd),
+		Pad:    tagListener,
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sl.ln.fd, &ev); err != nil {
+		l.r.log.Error("cannot watch the listening socket; retrying", "err", err)
+		l.pause(sl, maxAcceptDelay)
+		return
+	}
+	l.accept(sl) // clients may be waiting already
+}
+
+// pause takes sl's listener out of the epoll for d.
+func (l *loop) pause(sl *lnSlot, d time.Duration) {
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, sl.ln.fd, nil)
+	sl.paused = true
+	sl.until = int64(time.Since(l.start)) + int64(d)
+}
+
+// removeListener stops accepting on ln. The caller closes it once every
+// loop has let go.
+func (l *loop) removeListener(ln *listener) {
+	sl := l.lns[ln.fd]
+	if sl == nil || sl.ln != ln {
+		return
+	}
+	if !sl.paused {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+	}
+	delete(l.lns, ln.fd)
+}
+
+// closeAll closes every session of the loop, open or being connected
+// (the table holds a session's client socket from the moment it is
+// accepted).
+func (l *loop) closeAll() int {
+	n := 0
+	for _, s := range l.table {
+		if s != nil && s.state != stateClosed {
+			l.closeSession(s)
+			n++
+		}
+	}
+	return n
+}
+
+// release frees the loop's descriptors when it ends.
+func (l *loop) release() {
+	for _, sl := range l.lns {
+		l.removeListener(sl.ln)
+	}
+	unix.Close(l.efd)
+	unix.Close(l.epfd)
+}
