@@ -2,9 +2,13 @@
 // address, picks a destination from a [routing.Route], dials it with
 // failover, and relays bytes between the client and the destination,
 // never looking at them: small packets with read(2)/write(2) through a
-// pooled buffer, bulk transfers with splice(2) through a pooled pipe.
-// An idle session holds no buffer, no pipe and, after half a second, no
-// goroutine (relay.go, park.go).
+// loop's buffer, bulk transfers with splice(2) through a pooled pipe.
+//
+// A Route runs one event loop per P (loop.go): each accepts clients,
+// dials destinations with non-blocking connect(2) and relays its
+// sessions (session.go, flow.go) with edge-triggered epoll, so a
+// session costs no goroutine and an idle one holds no buffer and no
+// pipe.
 //
 // A [Route] is built with [New] and started with [Route.Start]:
 //

@@ -1,38 +1,46 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// A loop is one event loop of a Route: a goroutine blocked in its own
-// epoll instance, which accepts clients, dials destinations and relays
-// the bytes of the sessions it owns. A Route runs GOMAXPROCS loops. The
-// sockets never enter the runtime's netpoller: a message costs the loop
-// one read(2) and one write(2), with no goroutine to wake.
+// A loop is one event loop of a Route: a goroutine with its own epoll
+// instance, which accepts clients, dials destinations and relays the
+// bytes of the sessions it owns. A Route runs one loop per P
+// (GOMAXPROCS). The sockets never enter the runtime's netpoller: they
+// are registered once, edge-triggered, in the loop's epoll, and a
+// message costs the loop one read(2) and one write(2), with no goroutine
+// to wake and no read that ends in EAGAIN.
 //
 // Everything a loop owns (its sessions' sockets and flows, the table)
 // is touched by its goroutine only. Other goroutines talk to it with
 // post, which queues a function and wakes the loop through an eventfd.
 type loop struct {
-	r      *Route
-	epfd   int
-	efd    int // eventfd that wakes the loop for posted commands
-	start  time.Time
-	now    int64  // nanoseconds since start, at the last wake-up
-	buf    []byte // read buffer shared by the loop's flows
-	events []unix.EpollEvent
-	table  []*session // by socket descriptor
-	seq    uint32     // last session tag handed out
+	r        *Route
+	epfd     int
+	f        *os.File        // epfd, registered with the runtime's netpoller
+	rc       syscall.RawConn // f's
+	deadline int64           // f's read deadline (as now), -1 if none
+	efd      int             // eventfd that wakes the loop for posted commands
+	start    time.Time
+	now      int64  // nanoseconds since start, at the last wake-up
+	buf      []byte // read buffer shared by the loop's flows
+	events   []unix.EpollEvent
+	table    []*session // by socket descriptor
+	seq      uint32     // last session tag handed out
 
-	lns    map[int]*lnSlot // listeners this loop accepts on, by fd
-	dials  []dialTimer     // connect deadlines, in order (one timeout per Route)
-	ready  []readyFlow     // flows that used up their budget: run again
-	spare  []readyFlow     // the other ready slice, swapped each round
-	closed bool            // exit was posted
+	lns    []*lnSlot   // listeners this loop accepts on (one, or none)
+	dials  []dialTimer // connect deadlines, in order (one timeout per Route)
+	ready  []readyFlow // flows that used up their budget: run again
+	spare  []readyFlow // the other ready slice, swapped each round
+	closed bool        // exit was posted
 
 	mu   sync.Mutex
 	cmds []func(*loop)
@@ -82,26 +90,38 @@ func newLoop(r *Route) (*loop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	f := os.NewFile(uintptr(epfd), "hamr-loop-epoll") // non-blocking: uses the netpoller
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
 	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		unix.Close(epfd)
+		f.Close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd), Pad: tagWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
 		unix.Close(efd)
-		unix.Close(epfd)
+		f.Close()
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
 	return &loop{
-		r:      r,
-		epfd:   epfd,
-		efd:    efd,
-		start:  time.Now(),
-		buf:    make([]byte, relayBufSize),
-		events: make([]unix.EpollEvent, maxEvents),
-		lns:    make(map[int]*lnSlot),
-		seq:    firstTag - 1,
+		r:        r,
+		epfd:     epfd,
+		f:        f,
+		rc:       rc,
+		deadline: -1,
+		efd:      efd,
+		start:    time.Now(),
+		buf:      make([]byte, relayBufSize),
+		events:   make([]unix.EpollEvent, maxEvents),
+		seq:      firstTag - 1,
 	}, nil
 }
 
@@ -132,29 +152,65 @@ func (l *loop) call(fn func(*loop)) {
 
 // loopRun is the loop's goroutine. It returns after exit was posted;
 // by then the Route has no session left.
+//
+// The loop does not block in epoll_wait(2): its epoll descriptor is
+// itself waited on through the runtime's netpoller, and harvested with a
+// zero timeout. A thread blocked in a system call would have its P taken
+// by the runtime's monitor and wake up late; a parked goroutine costs
+// nothing and is resumed by the scheduler's spinning threads within
+// microseconds.
 func (l *loop) loopRun() {
 	defer l.release()
 	for !l.closed {
-		n, err := unix.EpollWait(l.epfd, l.events, l.timeout())
-		l.now = int64(time.Since(l.start))
-		if err != nil && err != unix.EINTR {
-			l.r.log.Error("epoll_wait failed; loop stopped", "err", err)
+		l.arm()
+		err := l.rc.Read(l.poll)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			l.r.log.Error("loop stopped", "err", err)
 			return
 		}
-		for i := 0; i < n; i++ {
-			l.dispatch(&l.events[i])
-		}
-		l.runReady()
+		l.now = int64(time.Since(l.start))
 		l.expire()
 	}
 }
 
-// timeout returns epoll_wait's timeout: 0 if flows are ready, else until
-// the next deadline, else forever.
-func (l *loop) timeout() int {
-	if len(l.ready) > 0 {
-		return 0
+// poll is the RawConn.Read callback: it harvests and handles events until
+// none are left, and returns false to wait for more (or for the read
+// deadline, the next timer), true once the loop must end or a timer is
+// due.
+func (l *loop) poll(fd uintptr) bool {
+	for !l.closed {
+		n, err := unix.EpollWait(int(fd), l.events, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			l.r.log.Error("epoll_wait failed", "err", err)
+			l.closed = true
+			return true
+		}
+		l.now = int64(time.Since(l.start))
+		for i := 0; i < n; i++ {
+			l.dispatch(&l.events[i])
+		}
+		l.runReady()
+		if l.closed || len(l.dials) > 0 && l.dials[0].at <= l.now {
+			return true // the end; or expire, then come back
+		}
+		if l.nextTimer() != l.deadline {
+			return true // re-arm the read deadline
+		}
+		if n < len(l.events) && len(l.ready) == 0 {
+			// The ready list was empty at the harvest: whatever comes
+			// later makes the epoll descriptor readable again, an edge
+			// for the netpoller.
+			return false
+		}
 	}
+	return true
+}
+
+// nextTimer returns when the next timer is due (as now), -1 if none.
+func (l *loop) nextTimer() int64 {
 	next := int64(-1)
 	if len(l.dials) > 0 {
 		next = l.dials[0].at
@@ -164,14 +220,21 @@ func (l *loop) timeout() int {
 			next = sl.until
 		}
 	}
+	return next
+}
+
+// arm sets the epoll descriptor's read deadline to the next timer.
+func (l *loop) arm() {
+	next := l.nextTimer()
+	if next == l.deadline {
+		return
+	}
+	l.deadline = next
 	if next < 0 {
-		return -1
+		l.f.SetReadDeadline(time.Time{})
+		return
 	}
-	d := next - int64(time.Since(l.start))
-	if d <= 0 {
-		return 0
-	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	l.f.SetReadDeadline(l.start.Add(time.Duration(next)))
 }
 
 // dispatch handles one epoll event.
@@ -182,8 +245,10 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 		l.commands()
 		return
 	case tagListener:
-		if sl := l.lns[fd]; sl != nil && !sl.paused {
-			l.accept(sl)
+		for _, sl := range l.lns {
+			if sl.ln.fd == fd && !sl.paused {
+				l.accept(sl)
+			}
 		}
 		return
 	}
@@ -281,7 +346,7 @@ func (l *loop) nextTag() uint32 {
 // addListener starts accepting on ln.
 func (l *loop) addListener(ln *listener) {
 	sl := &lnSlot{ln: ln}
-	l.lns[ln.fd] = sl
+	l.lns = append(l.lns, sl)
 	l.listen(sl)
 }
 
@@ -312,14 +377,16 @@ func (l *loop) pause(sl *lnSlot, d time.Duration) {
 // removeListener stops accepting on ln. The caller closes it once every
 // loop has let go.
 func (l *loop) removeListener(ln *listener) {
-	sl := l.lns[ln.fd]
-	if sl == nil || sl.ln != ln {
+	for i, sl := range l.lns {
+		if sl.ln != ln {
+			continue
+		}
+		if !sl.paused {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+		}
+		l.lns = append(l.lns[:i], l.lns[i+1:]...)
 		return
 	}
-	if !sl.paused {
-		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
-	}
-	delete(l.lns, ln.fd)
 }
 
 // closeAll closes every session of the loop, open or being connected
@@ -338,9 +405,9 @@ func (l *loop) closeAll() int {
 
 // release frees the loop's descriptors when it ends.
 func (l *loop) release() {
-	for _, sl := range l.lns {
-		l.removeListener(sl.ln)
+	for len(l.lns) > 0 {
+		l.removeListener(l.lns[0].ln)
 	}
 	unix.Close(l.efd)
-	unix.Close(l.epfd)
+	l.f.Close()
 }

@@ -172,7 +172,7 @@ func (r *Route) Start() error {
 	if err != nil {
 		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
 	}
-	for range runtime.GOMAXPROCS(0) {
+	for range runtime.GOMAXPROCS(0) { // one loop per P, as HAProxy's nbthread
 		l, err := newLoop(r)
 		if err != nil {
 			ln.close()

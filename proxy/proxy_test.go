@@ -16,6 +16,7 @@ import (
 	"github.com/hamr-project/hamr/routing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 )
 
 func TestStartRejectsBadConfig(t *testing.T) {
@@ -510,5 +511,76 @@ func TestCloseSessionsDuringDial(t *testing.T) {
 	c2 := dialProxy(t, p)
 	if err := roundTrip(c2, "later"); err != nil {
 		t.Fatalf("a client after CloseSessions: %v", err)
+	}
+}
+
+// hangingAddr returns the address of a listener whose accept queue is
+// full: the kernel drops further SYNs, so a connect to it neither
+// succeeds nor fails until it times out.
+func hangingAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := sockaddrString(sa)
+	// One connection fills a queue of length 0; it is never accepted.
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return addr
+}
+
+// TestFailoverOnConnectTimeout checks the loops' own dial: a destination
+// that does not answer the SYN is given connect_timeout, then marked
+// down, and the client is served by the next one.
+func TestFailoverOnConnectTimeout(t *testing.T) {
+	hang := hangingAddr(t)
+	be := newBackend(t, named("b"))
+	rt := newRouting(t, routing.FirstAvailable, hang, be.addr())
+	m := NewMetrics(prometheus.NewRegistry())
+	p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: 200 * time.Millisecond}, rt, Options{Metrics: m})
+	start := time.Now()
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "b" {
+		t.Fatalf("client reached %q (%v), want b", name, err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("served after %v: the hanging destination was not given connect_timeout", d)
+	}
+	if rt.State()[0].Up {
+		t.Error("the destination that timed out is still up")
+	}
+	if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", hang)); v != 1 {
+		t.Errorf("dial errors for %s = %v, want 1", hang, v)
+	}
+}
+
+// TestHostnameDestination checks destinations given by name: they are
+// resolved and dialed off the loop, then relayed by it like any other.
+func TestHostnameDestination(t *testing.T) {
+	be := newBackend(t, echo)
+	_, port, _ := net.SplitHostPort(be.addr())
+	rt := newRouting(t, routing.FirstAvailable, net.JoinHostPort("localhost", port))
+	p := startRoute(t, Config{}, rt, Options{})
+	for i := range 3 {
+		c := dialProxy(t, p)
+		if err := roundTrip(c, "by name"); err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		c.Close()
 	}
 }

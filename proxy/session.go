@@ -15,10 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// errMoved is the reason a dialed connection was dropped: the primary
-// moved while it was being dialed.
-var errMoved = errors.New("primary moved during dial")
-
 // errConnectTimeout is the error of a dial attempt that ran out of
 // connect_timeout.
 var errConnectTimeout = &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
