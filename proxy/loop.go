@@ -42,9 +42,10 @@ type loop struct {
 	spare  []readyFlow // the other ready slice, swapped each round
 	closed bool        // exit was posted
 
-	mu   sync.Mutex
-	cmds []func(*loop)
-	run  []func(*loop) // cmds being run; swapped with cmds
+	mu     sync.Mutex
+	cmds   []func(*loop)
+	run    []func(*loop) // cmds being run; swapped with cmds
+	exited bool          // the loop has released its descriptors: post drops commands
 }
 
 // Tags in the high half of an epoll event's data: which kind of
@@ -130,6 +131,11 @@ func newLoop(r *Route) (*loop, error) {
 // Route.mu.
 func (l *loop) post(fn func(*loop)) {
 	l.mu.Lock()
+	if l.exited {
+		// Nothing is left to act on, and l.efd's number may be reused.
+		l.mu.Unlock()
+		return
+	}
 	l.cmds = append(l.cmds, fn)
 	first := len(l.cmds) == 1
 	l.mu.Unlock()
@@ -140,7 +146,7 @@ func (l *loop) post(fn func(*loop)) {
 }
 
 // call runs fn on the loop's goroutine and waits for it. It must not be
-// called from a loop.
+// called from a loop, nor after Shutdown.
 func (l *loop) call(fn func(*loop)) {
 	done := make(chan struct{})
 	l.post(func(l *loop) {
@@ -408,6 +414,9 @@ func (l *loop) release() {
 	for len(l.lns) > 0 {
 		l.removeListener(l.lns[0].ln)
 	}
+	l.mu.Lock()
+	l.exited = true
+	l.mu.Unlock()
 	unix.Close(l.efd)
 	l.f.Close()
 }
