@@ -41,6 +41,7 @@ type loop struct {
 	ready  []readyFlow // flows that used up their budget: run again
 	spare  []readyFlow // the other ready slice, swapped each round
 	closed bool        // exit was posted
+	again  bool        // harvest again before waiting (see accept)
 
 	mu     sync.Mutex
 	cmds   []func(*loop)
@@ -181,8 +182,8 @@ func (l *loop) loopRun() {
 
 // poll is the RawConn.Read callback: it harvests and handles events until
 // none are left, and returns false to wait for more (or for the read
-// deadline, the next timer), true once the loop must end or a timer is
-// due.
+// deadline). It returns true once the loop must end, or when a timer is
+// due before the deadline armed.
 func (l *loop) poll(fd uintptr) bool {
 	for !l.closed {
 		n, err := unix.EpollWait(int(fd), l.events, 0)
@@ -195,17 +196,19 @@ func (l *loop) poll(fd uintptr) bool {
 			return true
 		}
 		l.now = int64(time.Since(l.start))
+		l.again = false
 		for i := 0; i < n; i++ {
 			l.dispatch(&l.events[i])
 		}
 		l.runReady()
-		if l.closed || len(l.dials) > 0 && l.dials[0].at <= l.now {
-			return true // the end; or expire, then come back
+		l.expire()
+		if l.closed {
+			return true
 		}
-		if l.nextTimer() != l.deadline {
-			return true // re-arm the read deadline
+		if next := l.nextTimer(); next >= 0 && (l.deadline < 0 || next < l.deadline) {
+			return true // arm the earlier deadline
 		}
-		if n < len(l.events) && len(l.ready) == 0 {
+		if n < len(l.events) && len(l.ready) == 0 && !l.again {
 			// The ready list was empty at the harvest: whatever comes
 			// later makes the epoll descriptor readable again, an edge
 			// for the netpoller.
@@ -295,19 +298,25 @@ func (l *loop) runReady() {
 	}
 }
 
-// expire fails dial attempts past their deadline and resumes paused
-// listeners.
+// expire fails dial attempts past their deadline, drops the timers of
+// dials that finished, and resumes paused listeners. A deadline armed
+// for a dial that finished early fires for nothing, once: cheaper than
+// re-arming it for every connection.
 func (l *loop) expire() {
-	for len(l.dials) > 0 && l.dials[0].at <= l.now {
+	for len(l.dials) > 0 {
 		t := l.dials[0]
+		live := t.s.tag == t.tag && t.s.state == stateConnecting && t.s.attempt == t.attempt
+		if live && t.at > l.now {
+			break
+		}
 		l.dials[0] = dialTimer{}
 		l.dials = l.dials[1:]
-		if t.s.tag == t.tag && t.s.state == stateConnecting && t.s.attempt == t.attempt {
+		if live {
 			l.dialFailed(t.s, errConnectTimeout)
 		}
 	}
-	if len(l.dials) == 0 {
-		l.dials = l.dials[:0:0] // let the backing array go
+	if len(l.dials) == 0 && cap(l.dials) > 1024 {
+		l.dials = nil // let a large backing array go
 	}
 	for _, sl := range l.lns {
 		if sl.paused && sl.until <= l.now {
