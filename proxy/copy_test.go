@@ -328,3 +328,27 @@ func TestIdleSessionsCostNoGoroutine(t *testing.T) {
 		wantClosed(t, c)
 	}
 }
+
+// TestLoopsShareSessions checks that long sessions spread over the
+// route's loops, whichever loop happens to accept them.
+func TestLoopsShareSessions(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4)) // four loops
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	p := startRoute(t, Config{}, rt, Options{})
+	if len(p.loops) != 4 {
+		t.Fatalf("%d loops, want one per P (4)", len(p.loops))
+	}
+	const sessions = 12
+	for i := range sessions {
+		c := dialProxy(t, p)
+		if err := roundTrip(c, "hello"); err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+	}
+	for i, l := range p.loops {
+		if n := l.load.Load(); n < sessions/4-1 || n > sessions/4+1 {
+			t.Errorf("loop %d serves %d of %d sessions, want %d±1", i, n, sessions, sessions/4)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,8 +34,9 @@ type loop struct {
 	now      int64  // nanoseconds since start, at the last wake-up
 	buf      []byte // read buffer shared by the loop's flows
 	events   []unix.EpollEvent
-	table    []*session // by socket descriptor
-	seq      uint32     // last session tag handed out
+	table    []*session   // by socket descriptor
+	load     atomic.Int64 // sessions served, for balancing (see balance)
+	seq      uint32       // last session tag handed out
 
 	lns    []*lnSlot   // listeners this loop accepts on (one, or none)
 	dials  []dialTimer // connect deadlines, in order (one timeout per Route)

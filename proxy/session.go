@@ -54,7 +54,7 @@ func (l *loop) accept(sl *lnSlot) {
 		switch err {
 		case nil:
 			sl.ln.recovered(l.r)
-			l.admit(fd)
+			l.balance().admitFrom(l, fd)
 			continue
 		case unix.EAGAIN:
 			return
@@ -82,6 +82,35 @@ func accept4(fd int) (int, error) {
 	return int(nfd), nil
 }
 
+// balance returns the loop that should serve a client accepted by l:
+// l itself, unless it holds at least two sessions more than the least
+// loaded loop. Whichever loop runs first accepts, so without this a few
+// long sessions (bulk transfers) can all land on one loop.
+func (l *loop) balance() *loop {
+	best, n := l, l.load.Load()
+	for _, o := range l.r.loops {
+		if m := o.load.Load(); m < n-1 && (best == l || m < best.load.Load()) {
+			best = o
+		}
+	}
+	return best
+}
+
+// admitFrom serves cfd, accepted by loop from, on l.
+func (l *loop) admitFrom(from *loop, cfd int) {
+	if l == from {
+		l.admit(cfd)
+		return
+	}
+	l.load.Add(1) // counted at once, so that a burst spreads
+	l.r.wg.Add(1) // Shutdown waits for the hand-over too
+	l.post(func(l *loop) {
+		l.load.Add(-1)
+		l.admit(cfd)
+		l.r.wg.Done()
+	})
+}
+
 // admit starts serving a new client.
 func (l *loop) admit(cfd int) {
 	r := l.r
@@ -95,6 +124,7 @@ func (l *loop) admit(cfd int) {
 		return
 	}
 	r.wg.Add(1)
+	l.load.Add(1)
 	s := &session{r: r, l: l, tag: l.nextTag(), cfd: cfd, sfd: -1, gen: r.gen.Load()}
 	l.put(cfd, s)
 	l.connect(s)
@@ -458,6 +488,7 @@ func (l *loop) closeSession(s *session) {
 		s.d.s2c.Add(float64(s.s2c.n))
 		r.unregister(s)
 	}
+	l.load.Add(-1)
 	r.clients.Add(-1)
 	r.wg.Done()
 }
