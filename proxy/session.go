@@ -177,11 +177,7 @@ func (l *loop) connect(s *session) {
 			}
 			return
 		}
-		s.sfd = fd
-		l.put(fd, s)
-		if err := l.add(fd, s.tag); err != nil {
-			l.r.log.Error("client closed", "err", err)
-			l.closeSession(s)
+		if !l.watch(s, fd) {
 			return
 		}
 		if done {
@@ -192,6 +188,19 @@ func (l *loop) connect(s *session) {
 		return
 	}
 	l.refuseNoDest(s, fmt.Errorf("route %s: %w after %d attempts", r.cfg.Name, routing.ErrNoDestination, r.attempts))
+}
+
+// watch makes fd s's destination socket and puts it in the loop's
+// epoll. It reports false, with s closed, if epoll refused it.
+func (l *loop) watch(s *session, fd int) bool {
+	s.sfd = fd
+	l.put(fd, s)
+	if err := l.add(fd, s.tag); err != nil {
+		l.r.log.Error("client closed", "err", err)
+		l.closeSession(s)
+		return false
+	}
+	return true
 }
 
 // refuseNoDest sends s's client the "no destination" ERR packet.
@@ -259,14 +268,9 @@ func (l *loop) dialSlow(s *session, d *dest, attempt int) {
 				l.dialFailed(s, err)
 				return
 			}
-			s.sfd = fd
-			l.put(fd, s)
-			if err := l.add(fd, s.tag); err != nil {
-				l.r.log.Error("client closed", "err", err)
-				l.closeSession(s)
-				return
+			if l.watch(s, fd) {
+				l.connected(s, unix.EPOLLIN|unix.EPOLLRDHUP) // no event to go by: read until EAGAIN
 			}
-			l.connected(s, unix.EPOLLIN|unix.EPOLLRDHUP) // no event to go by: read until EAGAIN
 		})
 	})
 }
