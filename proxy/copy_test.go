@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -346,9 +347,13 @@ func TestLoopsShareSessions(t *testing.T) {
 			t.Fatalf("session %d: %v", i, err)
 		}
 	}
-	for i, l := range p.loops {
-		if n := l.load.Load(); n < sessions/4-1 || n > sessions/4+1 {
-			t.Errorf("loop %d serves %d of %d sessions, want %d±1", i, n, sessions, sessions/4)
-		}
+	// A loop serves a client itself only while no loop has two sessions
+	// fewer: the spread stays within 2.
+	var loads []int64
+	for _, l := range p.loops {
+		loads = append(loads, l.load.Load())
+	}
+	if lo, hi := slices.Min(loads), slices.Max(loads); hi-lo > 2 {
+		t.Errorf("sessions per loop %v: spread %d, want at most 2", loads, hi-lo)
 	}
 }
