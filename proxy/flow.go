@@ -145,7 +145,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 			return nil
 		}
 		if budget == 0 {
-			l.ready = append(l.ready, readyFlow{s: s, tag: s.tag, f: f})
+			l.ready = append(l.ready, readyFlow{s: s, f: f})
 			return nil
 		}
 		if f.bulk {

@@ -42,13 +42,16 @@ const (
 // inherit them from (one setsockopt per listener instead of five per
 // client: the connection rate is the proxy's most syscall-bound
 // workload), and on each dialed socket.
-var sockOpts = []struct{ level, opt, v int }{
+var sockOpts = []sockOpt{
 	{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepIdle},
 	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepInterval},
 	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepCount},
 }
+
+// sockOpt is one setsockopt(2) with an int value.
+type sockOpt struct{ level, opt, v int }
 
 // listenBacklog is the listen(2) backlog; the kernel caps it at
 // net.core.somaxconn.
@@ -72,15 +75,15 @@ func listenTCP(addr string) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("socket", err))
 	}
-	opts := append([]struct{ level, opt, v int }{{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1}}, sockOpts...)
+	opts := append([]sockOpt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1}}, sockOpts...)
 	if family == unix.AF_INET6 {
-		opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1})
+		opts = append(opts, sockOpt{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1})
 		if ap.Addr().IsUnspecified() {
 			// [::] takes IPv4 clients too, as Go's listeners do.
-			opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0})
+			opts = append(opts, sockOpt{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0})
 		}
 	} else {
-		opts = append(opts, struct{ level, opt, v int }{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
+		opts = append(opts, sockOpt{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {

@@ -72,15 +72,13 @@ type lnSlot struct {
 type dialTimer struct {
 	at      int64
 	s       *session
-	tag     uint32
 	attempt int
 }
 
 // readyFlow is a flow to run again without waiting for an event.
 type readyFlow struct {
-	s   *session
-	tag uint32
-	f   *flow
+	s *session
+	f *flow
 }
 
 // Per-wake-up limits, so that one busy socket cannot starve the others.
@@ -294,7 +292,7 @@ func (l *loop) runReady() {
 	l.ready, l.spare = l.spare[:0], l.ready
 	for i, rf := range l.spare {
 		l.spare[i] = readyFlow{}
-		if rf.s.tag == rf.tag && rf.s.state == stateOpen {
+		if rf.s.state == stateOpen {
 			l.pumpOrClose(rf.s, rf.f, true)
 		}
 	}
@@ -307,7 +305,7 @@ func (l *loop) runReady() {
 func (l *loop) expire() {
 	for len(l.dials) > 0 {
 		t := l.dials[0]
-		live := t.s.tag == t.tag && t.s.state == stateConnecting && t.s.attempt == t.attempt
+		live := t.s.dialing(t.attempt)
 		if live && t.at > l.now {
 			break
 		}

@@ -37,7 +37,7 @@ type session struct {
 	attempt  int // dial attempts so far
 	gen      uint64
 	pick     routing.Pick // the destination being dialed or connected
-	d        *dest        // set once registered with the Route
+	d        *dest        // pick's destination
 	c2s, s2c flow
 
 	// mu orders the loop closing the sockets with kill shutting them
@@ -164,7 +164,7 @@ func (l *loop) connect(s *session) {
 			l.closeSession(s)
 			return
 		}
-		s.pick = p
+		s.pick, s.d = p, d
 		s.state = stateConnecting
 		if d.sa == nil || r.dial != nil {
 			l.dialSlow(s, d, s.attempt)
@@ -181,10 +181,10 @@ func (l *loop) connect(s *session) {
 			return
 		}
 		if done {
-			l.connected(s, unix.EPOLLIN|unix.EPOLLRDHUP) // no event to go by: read until EAGAIN
+			l.connected(s, evNone)
 			return
 		}
-		l.dials = append(l.dials, dialTimer{at: l.now + int64(r.cfg.ConnectTimeout), s: s, tag: s.tag, attempt: s.attempt})
+		l.dials = append(l.dials, dialTimer{at: l.now + int64(r.cfg.ConnectTimeout), s: s, attempt: s.attempt})
 		return
 	}
 	l.refuseNoDest(s, fmt.Errorf("route %s: %w after %d attempts", r.cfg.Name, routing.ErrNoDestination, r.attempts))
@@ -248,7 +248,7 @@ func (l *loop) dialSlow(s *session, d *dest, attempt int) {
 	if dial == nil {
 		dial = r.dialer.DialContext
 	}
-	addr, tag := s.pick.Addr, s.tag
+	addr := s.pick.Addr
 	r.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.ConnectTimeout)
 		c, err := dial(ctx, "tcp", addr)
@@ -258,7 +258,7 @@ func (l *loop) dialSlow(s *session, d *dest, attempt int) {
 			fd, err = detach(c, addr)
 		}
 		l.post(func(l *loop) {
-			if s.tag != tag || s.state != stateConnecting || s.attempt != attempt {
+			if !s.dialing(attempt) {
 				if fd >= 0 {
 					unix.Close(fd)
 				}
@@ -269,7 +269,7 @@ func (l *loop) dialSlow(s *session, d *dest, attempt int) {
 				return
 			}
 			if l.watch(s, fd) {
-				l.connected(s, unix.EPOLLIN|unix.EPOLLRDHUP) // no event to go by: read until EAGAIN
+				l.connected(s, evNone)
 			}
 		})
 	})
@@ -330,11 +330,7 @@ func (l *loop) dialError(s *session, err error) bool {
 // dialFailed handles a dial attempt that failed after it started, and
 // tries the next destination.
 func (l *loop) dialFailed(s *session, err error) {
-	if s.sfd >= 0 {
-		l.table[s.sfd] = nil
-		unix.Close(s.sfd)
-		s.sfd = -1
-	}
+	l.dropDest(s)
 	if l.r.ctx.Err() != nil {
 		l.closeSession(s) // shutting down; not the destination's fault
 		return
@@ -345,12 +341,26 @@ func (l *loop) dialFailed(s *session, err error) {
 	l.connect(s)
 }
 
+// dropDest closes s's destination socket, if it has one.
+func (l *loop) dropDest(s *session) {
+	if s.sfd >= 0 {
+		l.table[s.sfd] = nil
+		unix.Close(s.sfd)
+		s.sfd = -1
+	}
+}
+
+// dialing reports whether s is still at the given dial attempt: a
+// timer or a slow dial may outlive it (the dial went on to the next
+// destination, or the session ended).
+func (s *session) dialing(attempt int) bool {
+	return s.state == stateConnecting && s.attempt == attempt
+}
+
 // markDown marks s's destination down after a failed dial.
 func (l *loop) markDown(s *session, err error) {
 	r, p := l.r, s.pick
-	if d := r.dest(p); d != nil {
-		d.dialErrs.Inc()
-	}
+	s.d.dialErrs.Inc()
 	if p.Route.SetUp(p.Index, false) {
 		r.log.Warn("dial failed; destination marked down", "destination", p.Addr, "err", err)
 	} else {
@@ -387,7 +397,7 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 			if e, gerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
 				err = unix.Errno(e)
 			}
-			l.dialFailed(s, &net.OpError{Op: "dial", Net: "tcp", Addr: l.r.dest(s.pick).tcp, Err: os.NewSyscallError("connect", err)})
+			l.dialFailed(s, &net.OpError{Op: "dial", Net: "tcp", Addr: s.d.tcp, Err: os.NewSyscallError("connect", err)})
 			return
 		}
 		if ev&unix.EPOLLOUT != 0 {
@@ -422,17 +432,16 @@ func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
 	return true
 }
 
+// evNone is connected's event when no event reported the connection:
+// read the greeting until EAGAIN.
+const evNone = unix.EPOLLIN | unix.EPOLLRDHUP
+
 // connected takes s from dialing to relaying, unless the Route no longer
-// wants it; ev is the event that reported the connection.
+// wants it; ev is the event that reported the connection, or evNone.
 func (l *loop) connected(s *session, ev uint32) {
 	r := l.r
-	d := r.dest(s.pick)
-	s.d = d
 	if !r.register(s) {
-		l.table[s.sfd] = nil
-		unix.Close(s.sfd)
-		s.sfd = -1
-		s.d = nil
+		l.dropDest(s)
 		if r.ctx.Err() != nil || r.gen.Load() != s.gen {
 			l.closeSession(s) // shutting down, or CloseSessions ran
 			return
@@ -510,12 +519,7 @@ func (s *session) kill() {
 		}
 	}
 	s.mu.Unlock()
-	tag := s.tag
-	s.l.post(func(l *loop) {
-		if s.tag == tag {
-			l.closeSession(s)
-		}
-	})
+	s.l.post(func(l *loop) { l.closeSession(s) }) // a no-op if it ended meanwhile
 }
 
 // killed reports whether kill ran.
