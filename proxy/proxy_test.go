@@ -64,6 +64,54 @@ func TestFreebind(t *testing.T) {
 	}
 }
 
+// TestAcceptSurvivesEMFILE fails accept(2) with EMFILE, as when the
+// process is out of file descriptors: the loops back off and retry, log
+// the burst and the recovery once each, and Shutdown during the back-off
+// returns. (TestAcceptSurvivesRealEMFILE runs out of descriptors for
+// real, in a child process.)
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	var fails, calls atomic.Int32
+	acceptFn = func(fd int) (int, error) {
+		calls.Add(1)
+		if fails.Add(-1) >= 0 {
+			return -1, syscall.EMFILE
+		}
+		return accept4(fd)
+	}
+	t.Cleanup(func() { acceptFn = accept4 })
+	fails.Store(5)
+
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	var logs logBuffer
+	p := startRoute(t, Config{}, rt, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c := dialProxy(t, p)
+	if err := roundTrip(c, "hello"); err != nil {
+		t.Fatalf("after EMFILE burst: %v", err)
+	}
+	if n := calls.Load(); n < 6 {
+		t.Errorf("accept called %d times, want the 5 failures retried", n)
+	}
+	if n := logs.count("accept failed"); n != 1 {
+		t.Errorf("logged %d accept failures for one burst, want 1:\n%s", n, logs.buf.String())
+	}
+	if n := logs.count("accept recovered"); n != 1 {
+		t.Errorf("logged %d recoveries, want 1", n)
+	}
+
+	// Shutdown while the loops are backing off ends them.
+	c.Close()
+	fails.Store(1 << 30)
+	d := dialProxy(t, p) // wakes a loop; every accept fails from now on
+	d.Close()
+	eventually(t, "a failing accept", func() bool { return calls.Load() > 8 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown during back-off: %v", err)
+	}
+}
+
 func TestFailoverOnDialError(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -50,7 +50,7 @@ type session struct {
 // accept takes clients from sl's listener.
 func (l *loop) accept(sl *lnSlot) {
 	for range acceptsPerWake {
-		fd, err := accept4(sl.ln.fd)
+		fd, err := acceptFn(sl.ln.fd)
 		switch err {
 		case nil:
 			sl.ln.recovered(l.r)
@@ -70,6 +70,9 @@ func (l *loop) accept(sl *lnSlot) {
 	// the netpoller, so the loop must harvest again before it waits.
 	l.again = true
 }
+
+// acceptFn accepts a client; tests make it fail.
+var acceptFn = accept4
 
 // accept4 is accept4(2) without the peer's address, which the proxy does
 // not need: unix.Accept4 would decode it, with an extra getsockopt(2)
