@@ -136,7 +136,6 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 			bufPool.Put(f.pbuf)
 			f.pbuf, f.pend = nil, nil
 		}
-		f.blocked = false
 		if f.hasPipe && !f.bulk {
 			putPipe(f.pipe) // the small burst that ended bulk mode is out
 			f.hasPipe = false
