@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,20 +38,23 @@ func TestEMFILEChild(t *testing.T) {
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	fds, err := os.ReadDir("/proc/self/fd")
+	fmt.Printf("\naddr %s\n", p.Addr())
+	in := bufio.NewReader(os.Stdin)
+	if line, _ := in.ReadString('\n'); line != "fill\n" {
+		t.Fatalf("parent said %q", line)
+	}
+	// Every free descriptor slot is taken, so the next client finds no
+	// room at all and accept(2) itself must fail; the slots come back
+	// only when the parent's first session ends.
+	filler, err := fillDescriptors()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
+	fmt.Printf("full %d\n", len(filler))
+	io.Copy(io.Discard, in) // until the parent is done
+	for _, f := range filler {
+		f.Close()
 	}
-	lim.Cur = uint64(len(fds) + 6) // room for about one session
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	fmt.Printf("\naddr %s\n", p.Addr())
-	io.Copy(io.Discard, os.Stdin) // until the parent is done
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.Shutdown(ctx); err != nil {
@@ -60,10 +65,45 @@ func TestEMFILEChild(t *testing.T) {
 	}
 }
 
-// TestAcceptSurvivesRealEMFILE runs the proxy in a child process whose
-// RLIMIT_NOFILE leaves room for about one session, opens more clients than
-// that, and checks that every client is eventually served as earlier ones
-// leave: the accept loop hits EMFILE and keeps going.
+// fillDescriptors lowers RLIMIT_NOFILE to just above the highest open
+// descriptor and opens /dev/null until no slot below it is free.
+func fillDescriptors() ([]*os.File, error) {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, err
+	}
+	top := 0
+	for _, e := range fds {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > top {
+			top = n
+		}
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil, err
+	}
+	lim.Cur = uint64(top + 8)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil, err
+	}
+	var filler []*os.File
+	for range lim.Cur {
+		f, err := os.Open(os.DevNull)
+		if errors.Is(err, syscall.EMFILE) {
+			return filler, nil
+		}
+		if err != nil {
+			return filler, err
+		}
+		filler = append(filler, f)
+	}
+	return filler, fmt.Errorf("still no EMFILE after %d opens", len(filler))
+}
+
+// TestAcceptSurvivesRealEMFILE runs the proxy in a child process, opens one
+// session, has the child take every free descriptor slot, and opens more
+// clients. accept(2) must fail with EMFILE, and each client must still be
+// served, one after the other, as earlier ones leave.
 func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 	if os.Getenv(childEnv) != "" {
 		return
@@ -91,23 +131,19 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 		}
 	}()
 	sc := bufio.NewScanner(stdout)
-	addr := ""
-	for addr == "" && sc.Scan() {
-		out.WriteString(sc.Text() + "\n")
-		if a, ok := strings.CutPrefix(sc.Text(), "addr "); ok {
-			addr = a
-		}
-	}
-	if addr == "" {
-		t.Fatalf("child did not report its address:\n%s", out.String())
-	}
-	logs := make(chan string)
-	go func() {
+	// waitFor reads the child's output up to a line holding s and
+	// returns what follows s.
+	waitFor := func(s string) string {
 		for sc.Scan() {
 			out.WriteString(sc.Text() + "\n")
+			if _, rest, ok := strings.Cut(sc.Text(), s); ok {
+				return rest
+			}
 		}
-		logs <- out.String()
-	}()
+		t.Fatalf("child output ended before %q:\n%s", s, out.String())
+		return ""
+	}
+	addr := waitFor("addr ")
 
 	const clients = 12
 	pending := make([]net.Conn, clients)
@@ -119,11 +155,33 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 		c.Write([]byte{byte(i)})
 		pending[i] = c
 	}
-	for i := range pending {
-		open(i)
+	// The first session holds two of the child's descriptors while it
+	// fills the rest.
+	open(0)
+	pending[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(pending[0], make([]byte, 1)); err != nil {
+		t.Fatalf("first client not served: %v\n%s", err, out.String())
 	}
-	served, reopened := 0, 0
-	for round := 0; served < clients && round < 300; round++ {
+	pending[0].SetReadDeadline(time.Time{})
+	io.WriteString(stdin, "fill\n")
+	waitFor("full ")
+	for i := 1; i < clients; i++ {
+		open(i) // the kernel completes the handshake; accept(2) fails
+	}
+	waitFor("accept failed")
+	pending[0].Close()
+	pending[0] = nil
+	served := 1
+	logs := make(chan string)
+	go func() {
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+		}
+		logs <- out.String()
+	}()
+
+	reopened := 0
+	for deadline := time.Now().Add(20 * time.Second); served < clients && time.Now().Before(deadline); {
 		for i, c := range pending {
 			if c == nil {
 				continue
@@ -162,7 +220,10 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, log)
 	}
 	if !strings.Contains(log, "accept failed") || !strings.Contains(log, "too many open files") {
-		t.Fatalf("the child never hit EMFILE in accept; the test proves nothing:\n%s", log)
+		t.Fatalf("the child never hit EMFILE in accept:\n%s", log)
+	}
+	if !strings.Contains(log, "accept recovered") {
+		t.Fatalf("the child never logged that accept recovered:\n%s", log)
 	}
 	t.Logf("%d clients served, %d reconnects after the child closed them", served, reopened)
 }
