@@ -112,6 +112,55 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 	}
 }
 
+// TestAcceptBurstBeyondBudget has more clients waiting than the loops
+// accept in one wake-up (acceptsPerWake each) and nothing else that
+// would wake them: every client must still be answered. Each is refused,
+// because one idle session holds the only slot, so the refusals cause no
+// further events either.
+func TestAcceptBurstBeyondBudget(t *testing.T) {
+	var gated atomic.Bool
+	release := make(chan struct{})
+	acceptFn = func(fd int) (int, error) {
+		if gated.Load() {
+			<-release
+		}
+		return accept4(fd)
+	}
+	t.Cleanup(func() { acceptFn = accept4 })
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
+
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	// A long connect timeout: the held session's dial leaves a timer
+	// that would wake the loops at its deadline and hide a stall.
+	p := startRoute(t, Config{MaxConnections: 1, ConnectTimeout: time.Minute}, rt, Options{})
+	held := dialProxy(t, p)
+	if err := roundTrip(held, "hold"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first of these blocks the loops in accept until all are queued.
+	gated.Store(true)
+	n := 2*len(p.loops)*acceptsPerWake + 10
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		clients[i] = dialProxy(t, p)
+	}
+	open()
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("client %d of %d: %v (read %d bytes)", i, n, err, len(b))
+		}
+		if len(b) < 5 || b[4] != 0xff {
+			t.Fatalf("client %d of %d: got %q, want an ERR packet", i, n, b)
+		}
+	}
+}
+
 func TestFailoverOnDialError(t *testing.T) {
 	for _, tc := range []struct {
 		name string
