@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -100,7 +101,17 @@ type flow struct {
 	bulk     bool  // splicing rather than reading
 	blocked  bool  // dst is full: wait for its writable edge
 	eof      bool  // src ended and dst was shut down for writing
-	n        int64 // bytes delivered to dst
+	n        int64 // bytes delivered to dst, not yet added to bytes
+	bytes    prometheus.Counter
+}
+
+// flush adds the bytes delivered since the last flush to f's counter,
+// so that the metric moves while a long session lasts.
+func (f *flow) flush() {
+	if f.n > 0 && f.bytes != nil {
+		f.bytes.Add(float64(f.n))
+		f.n = 0
+	}
 }
 
 // errPipeEmpty means the kernel lost track of a pipe's contents; it ends

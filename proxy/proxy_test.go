@@ -161,6 +161,28 @@ func TestAcceptBurstBeyondBudget(t *testing.T) {
 	}
 }
 
+// TestBytesCountedDuringSession checks that hamr_route_bytes_total
+// moves while a session is open, as it must for long pooled connections.
+func TestBytesCountedDuringSession(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	m := NewMetrics(prometheus.NewRegistry())
+	p := startRoute(t, Config{Name: "rw"}, rt, Options{Metrics: m})
+	c := dialProxy(t, p)
+	counted := func(dir string) float64 {
+		return testutil.ToFloat64(m.bytes.WithLabelValues("rw", be.addr(), dir))
+	}
+	for i, msg := range []string{"hello", "world!"} {
+		if err := roundTrip(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		want := float64(len("hello") + i*len("world!"))
+		eventually(t, "bytes counted in both directions", func() bool {
+			return counted("client_to_server") == want && counted("server_to_client") == want
+		})
+	}
+}
+
 func TestFailoverOnDialError(t *testing.T) {
 	for _, tc := range []struct {
 		name string

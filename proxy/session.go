@@ -428,7 +428,9 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 // pumpOrClose runs f and ends the session on an error, a kill, or when
 // both directions have ended. It reports whether the session is open.
 func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
-	if err := l.pump(s, f, drain); err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
+	err := l.pump(s, f, drain)
+	f.flush()
+	if err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
 		l.closeSession(s)
 		return false
 	}
@@ -453,8 +455,8 @@ func (l *loop) connected(s *session, ev uint32) {
 		return
 	}
 	s.state = stateOpen // from here on closeSession unregisters s
-	s.c2s = flow{src: s.cfd, dst: s.sfd}
-	s.s2c = flow{src: s.sfd, dst: s.cfd}
+	s.c2s = flow{src: s.cfd, dst: s.sfd, bytes: s.d.c2s}
+	s.s2c = flow{src: s.sfd, dst: s.cfd, bytes: s.d.s2c}
 	// The client socket joins the epoll now: whatever it sent meanwhile
 	// is reported at once.
 	if err := l.add(s.cfd, s.tag); err != nil {
@@ -473,6 +475,7 @@ func (l *loop) connected(s *session, ev uint32) {
 func (l *loop) eof(s *session, f *flow) error {
 	f.eof = true
 	f.release()
+	f.flush() // counted before dst can see the end
 	if err := unix.Shutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 		return err
 	}
@@ -498,10 +501,10 @@ func (l *loop) closeSession(s *session) {
 	s.mu.Unlock()
 	s.c2s.release()
 	s.s2c.release()
+	s.c2s.flush()
+	s.s2c.flush()
 	r := l.r
 	if registered {
-		s.d.c2s.Add(float64(s.c2s.n))
-		s.d.s2c.Add(float64(s.s2c.n))
 		r.unregister(s)
 	}
 	l.load.Add(-1)
