@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"errors"
-	"github.com/prometheus/client_golang/prometheus"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,8 +101,8 @@ type flow struct {
 	bulk     bool  // splicing rather than reading
 	blocked  bool  // dst is full: wait for its writable edge
 	eof      bool  // src ended and dst was shut down for writing
-	n        int64 // bytes delivered to dst, not yet added to bytes
-	bytes    prometheus.Counter
+	n        int64              // bytes delivered to dst, not yet added to bytes
+	bytes    prometheus.Counter // hamr_route_bytes_total of this direction
 }
 
 // flush adds the bytes delivered since the last flush to f's counter,
