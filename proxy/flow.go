@@ -98,9 +98,9 @@ type flow struct {
 	pipe     pipeFDs   // bulk mode's pipe, if hasPipe
 	inPipe   int       // bytes in the pipe still to drain
 	hasPipe  bool
-	bulk     bool  // splicing rather than reading
-	blocked  bool  // dst is full: wait for its writable edge
-	eof      bool  // src ended and dst was shut down for writing
+	bulk     bool               // splicing rather than reading
+	blocked  bool               // dst is full: wait for its writable edge
+	eof      bool               // src ended and dst was shut down for writing
 	n        int64              // bytes delivered to dst, not yet added to bytes
 	bytes    prometheus.Counter // hamr_route_bytes_total of this direction
 }
