@@ -227,6 +227,20 @@ func TestLevels(t *testing.T) {
 }
 
 // waitFor polls cond for a generous bound; it fails only on a hang.
+// runChecker runs c until the test ends, and waits for Run to return.
+func runChecker(t *testing.T, c *Checker) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for range 2000 {
@@ -409,16 +423,7 @@ func TestRun(t *testing.T) {
 	ch := newChanges()
 	c := NewChecker(Config{Addr: f.addr, Level: LevelRole, User: "mon", Writer: true, Interval: 5 * time.Millisecond, Rise: 2, Fall: 2},
 		Options{Metrics: m, Route: "rw", OnChange: ch.on})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runChecker(t, c)
 
 	waitFor(t, "a first check", func() bool { return !c.Status().Checked.IsZero() })
 	f.set(func(s *fakeState) { s.readOnly = true })
@@ -500,16 +505,7 @@ func TestStartDown(t *testing.T) {
 	if c.Status().Up {
 		t.Fatal("StartDown checker starts up")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runChecker(t, c)
 	if st := ch.wait(t); !st.Up {
 		t.Fatalf("after the first good check: %+v, want up", st)
 	}
