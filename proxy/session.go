@@ -429,7 +429,7 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 // both directions have ended. It reports whether the session is open.
 func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
 	err := l.pump(s, f, drain)
-	f.flush()
+	f.flush() // every pump comes through here: nothing is left to count at close
 	if err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
 		l.closeSession(s)
 		return false
@@ -501,8 +501,6 @@ func (l *loop) closeSession(s *session) {
 	s.mu.Unlock()
 	s.c2s.release()
 	s.s2c.release()
-	s.c2s.flush()
-	s.s2c.flush()
 	r := l.r
 	if registered {
 		r.unregister(s)
