@@ -2,10 +2,15 @@ package integration
 
 import (
 	"errors"
+	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestAdminToken checks [admin] token: every request without the bearer
@@ -90,5 +95,140 @@ func TestAdminToken(t *testing.T) {
 				t.Errorf("hamr ctl %s printed the status without the token:\n%s", strings.Join(args, " "), out)
 			}
 		}
+	})
+}
+
+// TestAdminReload checks that a reload applies [admin] as it applies the
+// rest: a new token (or new contents of token_file) is required from the
+// next request on, a new address moves the endpoint, "off" closes it and
+// SIGHUP opens it again; an address in use or an unreadable token file
+// rejects the reload and the endpoint stays as it was.
+func TestAdminReload(t *testing.T) {
+	dead := freePorts(t, 4)
+	r := routeConfig{Name: "guarded", Port: dead[0], Mode: "read-write", Dests: []string{Addr(dead[1])}}
+	cfg := hamrConfig{Admin: Addr(dead[2]), Token: "one", Level: "tcp", Routes: []routeConfig{r}}
+	h := startHamr(t, cfg)
+	dir := t.TempDir()
+
+	// reload writes cfg, runs `hamr ctl reload` with the token that is
+	// valid now, and then makes the helpers use the new endpoint.
+	reload := func(t *testing.T, next hamrConfig, nextToken string) {
+		t.Helper()
+		h.writeFile(next.TOML())
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		h.Admin, h.Token = next.Admin, nextToken
+	}
+	code := func(addr, token string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return 0 // nothing listens
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	want := func(addr, token string, status int) {
+		t.Helper()
+		if got := code(addr, token); got != status {
+			t.Errorf("GET http://%s/status with token %q: %d, want %d", addr, token, got, status)
+		}
+	}
+
+	t.Run("token", func(t *testing.T) {
+		cfg.Token = "two"
+		reload(t, cfg, "two")
+		want(cfg.Admin, "one", http.StatusUnauthorized)
+		want(cfg.Admin, "two", http.StatusOK)
+	})
+
+	t.Run("token_file rotated in place", func(t *testing.T) {
+		file := filepath.Join(dir, "token") // outlives the subtest
+		if err := os.WriteFile(file, []byte("three\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Token, cfg.TokenFile = "", file
+		reload(t, cfg, "three")
+		want(cfg.Admin, "two", http.StatusUnauthorized)
+		want(cfg.Admin, "three", http.StatusOK)
+		// Same configuration, new file contents: a reload reads it again.
+		if err := os.WriteFile(file, []byte("four\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		reload(t, cfg, "four")
+		want(cfg.Admin, "three", http.StatusUnauthorized)
+		want(cfg.Admin, "four", http.StatusOK)
+	})
+
+	t.Run("address moves", func(t *testing.T) {
+		old := cfg.Admin
+		cfg.Admin = Addr(dead[3])
+		reload(t, cfg, h.Token) // sent to the old address, answered there
+		want(cfg.Admin, h.Token, http.StatusOK)
+		waitFor(t, 10*time.Second, "the old admin address to close", func() (bool, error) {
+			return code(old, h.Token) == 0, nil
+		})
+		if !h.logContains("admin endpoint moved") {
+			t.Errorf("no log line for the move:\n%s", h.log.tail(10))
+		}
+	})
+
+	t.Run("bad [admin] rejects the reload", func(t *testing.T) {
+		busy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer busy.Close()
+		inUse := cfg
+		inUse.Admin = busy.Addr().String()
+		missing := cfg
+		missing.TokenFile = filepath.Join(t.TempDir(), "absent")
+		for _, tc := range []struct {
+			name string
+			cfg  hamrConfig
+			says string
+		}{
+			{"address in use", inUse, "address already in use"},
+			{"unreadable token file", missing, "token_file"},
+		} {
+			before, err := h.metric("hamr_config_reload_failures_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.writeFile(tc.cfg.TOML())
+			out, err := h.ctl("reload")
+			if err == nil {
+				t.Errorf("%s: reload accepted:\n%s", tc.name, out)
+			} else if !strings.Contains(out, tc.says) {
+				t.Errorf("%s: ctl output does not say %q:\n%s", tc.name, tc.says, out)
+			}
+			want(cfg.Admin, h.Token, http.StatusOK)
+			if after, err := h.metric("hamr_config_reload_failures_total"); err != nil || after != before+1 {
+				t.Errorf("%s: hamr_config_reload_failures_total %v -> %v (%v); want +1", tc.name, before, after, err)
+			}
+		}
+	})
+
+	t.Run("off, then on again by SIGHUP", func(t *testing.T) {
+		off := cfg
+		off.Admin = "off"
+		h.writeFile(off.TOML())
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the admin endpoint to close", func() (bool, error) {
+			return code(cfg.Admin, h.Token) == 0, nil
+		})
+		h.writeFile(cfg.TOML())
+		h.signal(syscall.SIGHUP)
+		waitFor(t, 10*time.Second, "the admin endpoint to open again", func() (bool, error) {
+			return code(cfg.Admin, h.Token) == http.StatusOK, nil
+		})
 	})
 }

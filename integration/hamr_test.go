@@ -33,13 +33,14 @@ const (
 
 // hamrConfig is a hamr TOML file the tests write.
 type hamrConfig struct {
-	Admin    string        // host:port of the admin endpoint
-	Token    string        // [admin] token; the helpers send it
-	Drain    time.Duration // [global] drain_timeout; default 1s
-	Level    string        // health level: tcp, login or role; default login
-	Interval time.Duration // health interval; default checkInterval
-	Health   string        // extra [health] lines
-	Routes   []routeConfig
+	Admin     string        // host:port of the admin endpoint
+	Token     string        // [admin] token; the helpers send it
+	TokenFile string        // [admin] token_file, instead of Token
+	Drain     time.Duration // [global] drain_timeout; default 1s
+	Level     string        // health level: tcp, login or role; default login
+	Interval  time.Duration // health interval; default checkInterval
+	Health    string        // extra [health] lines
+	Routes    []routeConfig
 }
 
 type routeConfig struct {
@@ -68,6 +69,9 @@ func (c hamrConfig) TOML() string {
 	fmt.Fprintf(&b, "[admin]\naddress = %q\n", c.Admin)
 	if c.Token != "" {
 		fmt.Fprintf(&b, "token = %q\n", c.Token)
+	}
+	if c.TokenFile != "" {
+		fmt.Fprintf(&b, "token_file = %q\n", c.TokenFile)
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "[health]\ninterval = %q\ntimeout = \"1s\"\nrise = %d\nfall = %d\nlevel = %q\nuser = %q\n%s\n",

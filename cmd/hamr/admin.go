@@ -138,7 +138,9 @@ func (d *daemon) resetPrimary(name string) (moved bool, primary string, ok bool)
 	return moved, primary, true
 }
 
-func (d *daemon) adminHandler(token string) http.Handler {
+// adminHandler serves the admin API. token returns the bearer token that
+// requests must carry, "" for none; it may change between requests.
+func (d *daemon) adminHandler(token func() string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.status())
@@ -166,12 +168,9 @@ func (d *daemon) adminHandler(token string) http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	if token == "" {
-		return mux
-	}
-	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		tok := token()
+		if tok != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+tok)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hamr"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
 			return

@@ -39,10 +39,11 @@ type daemon struct {
 	cancel context.CancelFunc
 	fatal  chan error // a part that cannot go on (a VRRP instance that failed to start)
 
-	mu     sync.Mutex // serialises start, reload and stop
-	cfg    *conf.Config
-	routes map[string]*route
-	vrrps  map[string]*vrrpInst
+	mu       sync.Mutex // serialises start, reload and stop
+	cfg      *conf.Config
+	stopping bool // stop ran: a reload would start what it stops
+	routes   map[string]*route
+	vrrps    map[string]*vrrpInst
 
 	// tracked is the VRRP instances as an immutable snapshot, read by
 	// route watchers without taking mu (they run inside health and proxy
@@ -51,6 +52,8 @@ type daemon struct {
 	running atomic.Pointer[[]*route] // the same for routes
 
 	drains sync.WaitGroup // routes removed by a reload, still draining
+
+	admin *endpoint // [admin]; its running state is guarded by mu
 
 	// live holds the destinations of each route name in use, so that a
 	// drained route's metric series are deleted only where no route of the
@@ -138,6 +141,7 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		vrrps:  make(map[string]*vrrpInst),
 		live:   make(map[string][]string),
 	}
+	d.admin = &endpoint{log: log, handler: d.adminHandler}
 	d.tracked.Store(&[]*vrrpInst{})
 	d.running.Store(&[]*route{})
 	return d
@@ -155,18 +159,56 @@ func (d *daemon) start(cfg *conf.Config) error {
 	return nil
 }
 
+// errShuttingDown rejects a reload that comes while hamr stops.
+var errShuttingDown = errors.New("hamr is shutting down")
+
+// startAdmin starts the admin endpoint of the configuration start ran.
+func (d *daemon) startAdmin(a conf.Admin) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, err := d.admin.prepare(a)
+	if err != nil {
+		return err
+	}
+	d.admin.commit(c)
+	return nil
+}
+
+// stopAdmin stops the admin endpoint, letting requests finish until ctx
+// ends.
+func (d *daemon) stopAdmin(ctx context.Context) {
+	d.mu.Lock()
+	srv := d.admin.srv
+	d.admin.srv = nil
+	d.mu.Unlock()
+	d.admin.close(ctx, srv)
+}
+
 // reload reads the configuration file again and applies the difference.
 // An invalid file changes nothing.
 func (d *daemon) reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.stopping {
+		return errShuttingDown
+	}
 	cfg, err := conf.Load(d.cfg.File)
 	if err != nil {
 		d.m.reloadFailures.Inc()
 		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
 		return err
 	}
-	if err := d.apply(cfg); err != nil {
+	// [admin] is prepared first: an unreadable token file or an address
+	// in use rejects the reload before anything changed.
+	ac, err := d.admin.prepare(cfg.Admin)
+	if err != nil {
+		d.m.reloadFailures.Inc()
+		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
+		return err
+	}
+	err = d.apply(cfg)
+	d.admin.commit(ac) // apply's errors are routes that failed; the rest, [admin] too, applies
+	if err != nil {
 		d.m.reloadFailures.Inc()
 		d.log.Error("reload failed", "err", err)
 		return err
@@ -181,9 +223,6 @@ func (d *daemon) reload() error {
 // d.mu must be held.
 func (d *daemon) apply(cfg *conf.Config) error {
 	d.level.Set(logLevel(cfg.Logger.Level))
-	if d.cfg != nil && d.cfg.Admin != cfg.Admin {
-		d.log.Warn("changes to [admin] take effect at the next restart")
-	}
 
 	want := make(map[string]*conf.Route, len(cfg.Routes))
 	for _, rc := range cfg.Routes {
@@ -582,6 +621,7 @@ func (d *daemon) stop(ctx context.Context) {
 }
 
 func (d *daemon) stopLocked(ctx context.Context) {
+	d.stopping = true
 	// Sessions through a VIP this host gives up cannot finish: the
 	// clients' packets now reach the other router. Resigning closes those
 	// open or being connected (releasedVIPs); a cancelled drain also ends

@@ -2,15 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -55,8 +50,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	admin, err := d.serveAdmin(cfg.Admin)
-	if err != nil {
+	if err := d.startAdmin(cfg.Admin); err != nil {
 		log.Error("cannot start the admin endpoint", "err", err)
 		d.stop(context.Background())
 		return 1
@@ -95,11 +89,9 @@ loop:
 		}
 	}()
 	d.stop(ctx)
-	if admin != nil {
-		shut, done := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = admin.Shutdown(shut)
-		done()
-	}
+	shut, done := context.WithTimeout(context.Background(), 2*time.Second)
+	d.stopAdmin(shut)
+	done()
 	log.Info("hamr stopped")
 	return code
 }
@@ -108,42 +100,4 @@ func (d *daemon) drainTimeout() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg.Global.DrainTimeout
-}
-
-// serveAdmin starts the admin HTTP server, or returns nil when it is off.
-func (d *daemon) serveAdmin(a conf.Admin) (*http.Server, error) {
-	if a.Address == "off" {
-		return nil, nil
-	}
-	token, err := adminToken(a)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", a.Address)
-	if err != nil {
-		return nil, fmt.Errorf("admin: %w", err)
-	}
-	srv := &http.Server{
-		Handler:           d.adminHandler(token),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("admin endpoint stopped", "err", err)
-		}
-	}()
-	return srv, nil
-}
-
-// adminToken returns the bearer token from the config or its file.
-func adminToken(a conf.Admin) (string, error) {
-	if a.TokenFile == "" {
-		return a.Token, nil
-	}
-	b, err := os.ReadFile(a.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("admin.token_file: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
 }
