@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,4 +109,66 @@ func TestReload(t *testing.T) {
 func hasSeries(m map[string]float64, s string) bool {
 	_, ok := m[s]
 	return ok
+}
+
+// TestReloadWhileStopping checks that a reload asked for while hamr
+// drains its sessions after SIGTERM is refused, rather than starting
+// routes that nothing would stop again.
+func TestReloadWhileStopping(t *testing.T) {
+	dest, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dest.Close()
+	held := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := dest.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // kept open: the session through hamr stays up
+		}
+	}()
+	defer func() {
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}()
+
+	ports := freePorts(t, 2)
+	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest.Addr().String()}}
+	cfg := hamrConfig{Level: "tcp", Drain: 3 * time.Second, Routes: []routeConfig{r}}
+	h := startHamr(t, cfg)
+	c, err := net.DialTimeout("tcp", Addr(r.Port), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
+		return len(held) > 0, nil
+	})
+
+	h.signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "hamr to start draining", func() (bool, error) {
+		return h.logContains("shutting down"), nil
+	})
+	extra := routeConfig{Name: "extra", Port: ports[1], Mode: "read-write", Dests: []string{dest.Addr().String()}}
+	cfg.Routes = append(cfg.Routes, extra)
+	h.writeConfig(cfg)
+	out, err := h.ctl("reload")
+	if err == nil || !strings.Contains(out, "shutting down") {
+		t.Errorf("reload during the drain: %v; want it refused because hamr is shutting down:\n%s", err, out)
+	}
+	if h.logContains(`route started" route=extra`) {
+		t.Errorf("a reload during the drain started a route:\n%s", h.log.tail(10))
+	}
+	if !h.waitExit(10 * time.Second) {
+		t.Fatalf("hamr did not exit after its drain:\n%s", h.log.tail(10))
+	}
 }
