@@ -130,7 +130,7 @@ func TestReloadWhileStopping(t *testing.T) {
 			held <- c // kept open: the session through hamr stays up
 		}
 	}()
-	defer func() {
+	release := func() {
 		for {
 			select {
 			case c := <-held:
@@ -139,11 +139,12 @@ func TestReloadWhileStopping(t *testing.T) {
 				return
 			}
 		}
-	}()
+	}
+	defer release()
 
 	ports := freePorts(t, 2)
 	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest.Addr().String()}}
-	cfg := hamrConfig{Level: "tcp", Drain: 3 * time.Second, Routes: []routeConfig{r}}
+	cfg := hamrConfig{Level: "tcp", Drain: 20 * time.Second, Routes: []routeConfig{r}}
 	h := startHamr(t, cfg)
 	c, err := net.DialTimeout("tcp", Addr(r.Port), 2*time.Second)
 	if err != nil {
@@ -165,10 +166,15 @@ func TestReloadWhileStopping(t *testing.T) {
 	if err == nil || !strings.Contains(out, "shutting down") {
 		t.Errorf("reload during the drain: %v; want it refused because hamr is shutting down:\n%s", err, out)
 	}
+	if h.waitExit(0) {
+		t.Errorf("hamr had exited before the reload was answered: the drain of %v was not under way", cfg.Drain)
+	}
 	if h.logContains(`route started" route=extra`) {
 		t.Errorf("a reload during the drain started a route:\n%s", h.log.tail(10))
 	}
+	c.Close() // the last session ends, and with it the drain
+	release()
 	if !h.waitExit(10 * time.Second) {
-		t.Fatalf("hamr did not exit after its drain:\n%s", h.log.tail(10))
+		t.Fatalf("hamr did not exit once its last session ended:\n%s", h.log.tail(10))
 	}
 }

@@ -39,11 +39,10 @@ type daemon struct {
 	cancel context.CancelFunc
 	fatal  chan error // a part that cannot go on (a VRRP instance that failed to start)
 
-	mu       sync.Mutex // serialises start, reload and stop
-	cfg      *conf.Config
-	stopping bool // stop ran: a reload would start what it stops
-	routes   map[string]*route
-	vrrps    map[string]*vrrpInst
+	mu     sync.Mutex // serialises start, reload and stop
+	cfg    *conf.Config
+	routes map[string]*route
+	vrrps  map[string]*vrrpInst
 
 	// tracked is the VRRP instances as an immutable snapshot, read by
 	// route watchers without taking mu (they run inside health and proxy
@@ -54,6 +53,11 @@ type daemon struct {
 	drains sync.WaitGroup // routes removed by a reload, still draining
 
 	admin *endpoint // [admin]; its running state is guarded by mu
+
+	// stopping is set once stop begins: a reload would start what stop
+	// stops. Read without mu, which stop holds for the whole drain, so
+	// that a reload meanwhile is refused at once rather than after it.
+	stopping atomic.Bool
 
 	// live holds the destinations of each route name in use, so that a
 	// drained route's metric series are deleted only where no route of the
@@ -187,9 +191,12 @@ func (d *daemon) stopAdmin(ctx context.Context) {
 // reload reads the configuration file again and applies the difference.
 // An invalid file changes nothing.
 func (d *daemon) reload() error {
+	if d.stopping.Load() {
+		return errShuttingDown
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.stopping {
+	if d.stopping.Load() {
 		return errShuttingDown
 	}
 	cfg, err := conf.Load(d.cfg.File)
@@ -615,13 +622,14 @@ func (d *daemon) publishTracked() {
 // takes the VIP at once, then listeners close and sessions drain until ctx
 // is done, then checkers stop.
 func (d *daemon) stop(ctx context.Context) {
+	d.stopping.Store(true)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.stopLocked(ctx)
 }
 
 func (d *daemon) stopLocked(ctx context.Context) {
-	d.stopping = true
+	d.stopping.Store(true)
 	// Sessions through a VIP this host gives up cannot finish: the
 	// clients' packets now reach the other router. Resigning closes those
 	// open or being connected (releasedVIPs); a cancelled drain also ends
