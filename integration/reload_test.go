@@ -66,7 +66,14 @@ func TestReload(t *testing.T) {
 	})
 
 	t.Run("ctl reload adds and changes routes", func(t *testing.T) {
-		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
+		rs, err := h.route("rw")
+	if err != nil {
+		t.Fatalf("status during the drain: %v", err)
+	}
+	if rs.Listening || rs.Sessions != 1 {
+		t.Errorf("status during the drain: listening %v, %d sessions; want not listening, 1 session", rs.Listening, rs.Sessions)
+	}
+	extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 		ro2 := ro
 		ro2.Dests = []string{topo.Addr(2)}
 		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2, extra}})
@@ -111,9 +118,10 @@ func hasSeries(m map[string]float64, s string) bool {
 	return ok
 }
 
-// TestReloadWhileStopping checks that a reload asked for while hamr
-// drains its sessions after SIGTERM is refused, rather than starting
-// routes that nothing would stop again.
+// TestReloadWhileStopping checks the admin API while hamr drains its
+// sessions after SIGTERM: the status answers, with the route no longer
+// listening and its session still there; a reload is refused, rather than
+// starting routes that nothing would stop again.
 func TestReloadWhileStopping(t *testing.T) {
 	dest, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -159,6 +167,13 @@ func TestReloadWhileStopping(t *testing.T) {
 	waitFor(t, 5*time.Second, "hamr to start draining", func() (bool, error) {
 		return h.logContains("shutting down"), nil
 	})
+	rs, err := h.route("rw")
+	if err != nil {
+		t.Fatalf("status during the drain: %v", err)
+	}
+	if rs.Listening || rs.Sessions != 1 {
+		t.Errorf("status during the drain: listening %v, %d sessions; want not listening, 1 session", rs.Listening, rs.Sessions)
+	}
 	extra := routeConfig{Name: "extra", Port: ports[1], Mode: "read-write", Dests: []string{dest.Addr().String()}}
 	cfg.Routes = append(cfg.Routes, extra)
 	h.writeConfig(cfg)

@@ -65,14 +65,14 @@ type VRRPStatus struct {
 
 // status assembles Status from the running parts.
 func (d *daemon) status() Status {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := Status{Version: version, Config: d.cfg.File, Routes: []RouteStatus{}, VRRP: []VRRPStatus{}}
-	for _, rc := range d.cfg.Routes {
-		r, ok := d.routes[rc.Name]
-		if !ok {
-			continue
-		}
+	st := Status{Version: version, Routes: []RouteStatus{}, VRRP: []VRRPStatus{}}
+	v := d.view.Load()
+	if v == nil {
+		return st
+	}
+	st.Config = v.file
+	for _, rv := range v.routes {
+		r, rc := rv.r, rv.cfg
 		rs := RouteStatus{
 			Name: rc.Name, Bind: rc.Addr(), Mode: rc.Mode, Strategy: rc.Strategy,
 			Listening: r.px.Listening(), Fallback: rc.Fallback,
@@ -105,12 +105,8 @@ func (d *daemon) status() Status {
 		}
 		st.Routes = append(st.Routes, rs)
 	}
-	for _, vc := range d.cfg.VRRP {
-		v, ok := d.vrrps[vc.Name]
-		if !ok {
-			continue
-		}
-		s := v.in.Status()
+	for _, vi := range v.vrrps {
+		s := vi.in.Status()
 		st.VRRP = append(st.VRRP, VRRPStatus{
 			Name: s.Name, Interface: s.Interface, VRID: s.VRID, Version: s.Version, State: s.State,
 			Priority: s.Priority, EffectivePriority: s.EffectivePriority, Master: s.Master,
@@ -124,10 +120,15 @@ func (d *daemon) status() Status {
 // resetPrimary is the operator command that moves a route's primary back
 // to the first available destination in list order.
 func (d *daemon) resetPrimary(name string) (moved bool, primary string, ok bool) {
-	d.mu.Lock()
-	r, ok := d.routes[name]
-	d.mu.Unlock()
-	if !ok {
+	var r *route
+	if v := d.view.Load(); v != nil {
+		for _, rv := range v.routes {
+			if rv.r.name == name {
+				r = rv.r
+			}
+		}
+	}
+	if r == nil {
 		return false, "", false
 	}
 	moved = r.rt.Reset()

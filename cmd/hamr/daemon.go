@@ -49,6 +49,7 @@ type daemon struct {
 	// goroutines that reload may be waiting for).
 	tracked atomic.Pointer[[]*vrrpInst]
 	running atomic.Pointer[[]*route] // the same for routes
+	view    atomic.Pointer[view]     // what the admin API reads (see view)
 
 	drains sync.WaitGroup // routes removed by a reload, still draining
 
@@ -298,6 +299,7 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	d.publishTracked()
 	routes := slices.Collect(maps.Values(d.routes))
 	d.running.Store(&routes)
+	d.publishView(cfg)
 	// New instances, and instances tracking a replaced route (which starts
 	// with every destination up), learn what holds now.
 	for _, v := range d.vrrps {
@@ -611,6 +613,38 @@ func (d *daemon) stopVRRP(name string) {
 	delete(d.vrrps, name)
 	v.cancel()
 	<-v.done
+}
+
+// view is the running configuration as the admin API reads it: routes
+// and VRRP instances in the file's order. apply publishes it, so that
+// /status and reset-primary answer without mu, which stop holds for the
+// whole drain. A stopped part stays in the last view and reports itself
+// stopped (a route not listening, its sessions draining).
+type view struct {
+	file   string
+	routes []routeView
+	vrrps  []*vrrpInst
+}
+
+type routeView struct {
+	r   *route
+	cfg *conf.Route
+}
+
+// publishView publishes the view of cfg. d.mu must be held.
+func (d *daemon) publishView(cfg *conf.Config) {
+	v := &view{file: cfg.File}
+	for _, rc := range cfg.Routes {
+		if r, ok := d.routes[rc.Name]; ok {
+			v.routes = append(v.routes, routeView{r: r, cfg: rc})
+		}
+	}
+	for _, vc := range cfg.VRRP {
+		if in, ok := d.vrrps[vc.Name]; ok {
+			v.vrrps = append(v.vrrps, in)
+		}
+	}
+	d.view.Store(v)
 }
 
 func (d *daemon) publishTracked() {
