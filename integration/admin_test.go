@@ -230,5 +230,10 @@ func TestAdminReload(t *testing.T) {
 		waitFor(t, 10*time.Second, "the admin endpoint to open again", func() (bool, error) {
 			return code(cfg.Admin, h.Token) == http.StatusOK, nil
 		})
+		for _, line := range []string{"admin endpoint closed", "admin endpoint opened"} {
+			if !h.logContains(line) {
+				t.Errorf("no %q in the log:\n%s", line, h.log.tail(10))
+			}
+		}
 	})
 }

@@ -97,7 +97,14 @@ func (e *endpoint) commit(c *adminChange) {
 				old.Close()
 			}
 		})
+	}
+	switch {
+	case old != nil && e.srv != nil:
 		e.log.Info("admin endpoint moved", "from", prev.Address, "to", c.cfg.Address)
+	case old != nil:
+		e.log.Info("admin endpoint closed", "address", prev.Address)
+	case e.srv != nil && prev.Address != "": // not at start-up, which logs "hamr ready"
+		e.log.Info("admin endpoint opened", "address", c.cfg.Address)
 	}
 }
 
