@@ -65,12 +65,8 @@ type VRRPStatus struct {
 
 // status assembles Status from the running parts.
 func (d *daemon) status() Status {
-	st := Status{Version: version, Routes: []RouteStatus{}, VRRP: []VRRPStatus{}}
 	v := d.view.Load()
-	if v == nil {
-		return st
-	}
-	st.Config = v.file
+	st := Status{Version: version, Config: v.file, Routes: []RouteStatus{}, VRRP: []VRRPStatus{}}
 	for _, rv := range v.routes {
 		r, rc := rv.r, rv.cfg
 		rs := RouteStatus{
@@ -121,11 +117,9 @@ func (d *daemon) status() Status {
 // to the first available destination in list order.
 func (d *daemon) resetPrimary(name string) (moved bool, primary string, ok bool) {
 	var r *route
-	if v := d.view.Load(); v != nil {
-		for _, rv := range v.routes {
-			if rv.r.name == name {
-				r = rv.r
-			}
+	for _, rv := range d.view.Load().routes {
+		if rv.r.name == name {
+			r = rv.r
 		}
 	}
 	if r == nil {

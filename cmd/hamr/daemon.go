@@ -44,12 +44,11 @@ type daemon struct {
 	routes map[string]*route
 	vrrps  map[string]*vrrpInst
 
-	// tracked is the VRRP instances as an immutable snapshot, read by
-	// route watchers without taking mu (they run inside health and proxy
-	// goroutines that reload may be waiting for).
-	tracked atomic.Pointer[[]*vrrpInst]
-	running atomic.Pointer[[]*route] // the same for routes
-	view    atomic.Pointer[view]     // what the admin API reads (see view)
+	// view is the running routes and VRRP instances as an immutable
+	// snapshot, read without mu by route watchers (they run inside health
+	// and proxy goroutines that reload may be waiting for) and by the
+	// admin API (stop holds mu for the whole drain).
+	view atomic.Pointer[view]
 
 	drains sync.WaitGroup // routes removed by a reload, still draining
 
@@ -71,7 +70,6 @@ type daemon struct {
 // route is one [routing.NAME] section at work.
 type route struct {
 	name     string // immutable copies of cfg, read by watchers
-	bind     string // bind_address
 	readOnly bool
 	dests    []string
 	rt       *routing.Route
@@ -147,8 +145,7 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		live:   make(map[string][]string),
 	}
 	d.admin = &endpoint{log: log, handler: d.adminHandler}
-	d.tracked.Store(&[]*vrrpInst{})
-	d.running.Store(&[]*route{})
+	d.view.Store(&view{})
 	return d
 }
 
@@ -296,9 +293,6 @@ func (d *daemon) apply(cfg *conf.Config) error {
 			errs = append(errs, err)
 		}
 	}
-	d.publishTracked()
-	routes := slices.Collect(maps.Values(d.routes))
-	d.running.Store(&routes)
 	d.publishView(cfg)
 	// New instances, and instances tracking a replaced route (which starts
 	// with every destination up), learn what holds now.
@@ -329,7 +323,7 @@ func boolInt(b bool) int {
 }
 
 func (d *daemon) addRoute(rc *conf.Route) error {
-	r := &route{name: rc.Name, bind: rc.BindAddress, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
+	r := &route{name: rc.Name, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
 	var fallback *routing.Route
 	if rc.Fallback != "" {
 		fb, ok := d.routes[rc.Fallback]
@@ -513,7 +507,7 @@ func (d *daemon) routeChanged(r *route) {
 		d.publishPrimary(r)
 	}
 	healthy := r.rt.Available()
-	for _, v := range *d.tracked.Load() {
+	for _, v := range d.view.Load().vrrps {
 		if _, ok := v.cfg.TrackRoutes[r.name]; ok {
 			v.in.SetRouteHealthy(r.name, healthy)
 		}
@@ -596,9 +590,10 @@ func (d *daemon) startVRRP(vc *conf.VRRP) error {
 // reach the other router), and would otherwise linger until TCP keepalive
 // gives up, or hold a graceful stop for the whole drain timeout.
 func (d *daemon) releasedVIPs(vc *conf.VRRP) {
-	for _, r := range *d.running.Load() {
+	for _, rv := range d.view.Load().routes {
+		r := rv.r
 		for _, p := range vc.VirtualIPAddress {
-			if p.Addr().String() == r.bind {
+			if p.Addr().String() == rv.cfg.BindAddress {
 				if n := r.px.CloseSessions(); n > 0 {
 					d.log.Warn("VIP released: sessions through it closed", "vrrp", vc.Name, "route", r.name, "sessions", n)
 				}
@@ -615,11 +610,10 @@ func (d *daemon) stopVRRP(name string) {
 	<-v.done
 }
 
-// view is the running configuration as the admin API reads it: routes
-// and VRRP instances in the file's order. apply publishes it, so that
-// /status and reset-primary answer without mu, which stop holds for the
-// whole drain. A stopped part stays in the last view and reports itself
-// stopped (a route not listening, its sessions draining).
+// view is the running configuration: routes and VRRP instances in the
+// file's order, with the sections they run. apply publishes it. A part
+// that stop stopped stays in the last view and reports itself stopped
+// (a route not listening, its sessions draining).
 type view struct {
 	file   string
 	routes []routeView
@@ -645,11 +639,6 @@ func (d *daemon) publishView(cfg *conf.Config) {
 		}
 	}
 	d.view.Store(v)
-}
-
-func (d *daemon) publishTracked() {
-	list := slices.Collect(maps.Values(d.vrrps))
-	d.tracked.Store(&list)
 }
 
 // stop shuts everything down in stages: VRRP resigns first so the peer
@@ -684,7 +673,7 @@ func (d *daemon) stopLocked(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			ctx := ctx
-			if released[r.bind] {
+			if released[r.cfg.BindAddress] {
 				ctx = gone
 			}
 			if err := r.px.Shutdown(ctx); err != nil {

@@ -38,8 +38,7 @@ type endpoint struct {
 type adminChange struct {
 	cfg   conf.Admin
 	token string
-	ln    net.Listener // bound to cfg.Address when it changed; nil for "off"
-	moved bool         // the address changed
+	ln    net.Listener // bound to cfg.Address when it changed; else nil
 }
 
 // drainAdmin bounds how long a retired server may finish its requests,
@@ -47,30 +46,19 @@ type adminChange struct {
 const drainAdmin = 5 * time.Second
 
 // prepare reads a's token and, if a moves the endpoint, binds the new
-// address. Nothing running changes; the result goes to commit or abort.
+// address. Nothing running changes until commit.
 func (e *endpoint) prepare(a conf.Admin) (*adminChange, error) {
 	tok, err := adminToken(a)
 	if err != nil {
 		return nil, err
 	}
-	c := &adminChange{cfg: a, token: tok, moved: e.srv == nil || a.Address != e.cfg.Address}
-	if a.Address == "off" {
-		c.moved = e.srv != nil
-		return c, nil
-	}
-	if c.moved {
+	c := &adminChange{cfg: a, token: tok}
+	if a.Address != "off" && (e.srv == nil || a.Address != e.cfg.Address) {
 		if c.ln, err = net.Listen("tcp", a.Address); err != nil {
 			return nil, fmt.Errorf("admin: %w", err)
 		}
 	}
 	return c, nil
-}
-
-// abort undoes prepare.
-func (e *endpoint) abort(c *adminChange) {
-	if c.ln != nil {
-		c.ln.Close()
-	}
 }
 
 // commit makes c the running [admin]: the token applies to the next
@@ -81,8 +69,8 @@ func (e *endpoint) commit(c *adminChange) {
 	e.token.Store(&c.token)
 	prev := e.cfg
 	e.cfg = c.cfg
-	if !c.moved {
-		return
+	if c.ln == nil && c.cfg.Address != "off" {
+		return // same address
 	}
 	old := e.srv
 	e.srv = nil
