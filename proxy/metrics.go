@@ -1,14 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Metrics holds the proxy's Prometheus collectors. One Metrics serves every

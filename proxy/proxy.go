@@ -49,7 +49,8 @@ type Options struct {
 
 	// OnDialError, if set, is called after a failed dial, once the proxy
 	// itself has marked the destination down with p.Route.SetUp(p.Index,
-	// false). It runs on the client's goroutine: keep it short.
+	// false). It runs on the loop serving the client, which serves other
+	// sessions too: keep it short.
 	OnDialError func(p routing.Pick, err error)
 }
 

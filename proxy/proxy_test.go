@@ -572,7 +572,7 @@ func TestMetrics(t *testing.T) {
 }
 
 // TestCloseSessions checks that CloseSessions closes every open session,
-// idle (parked) or not, and that the route keeps accepting.
+// idle or not, and that the route keeps accepting.
 func TestCloseSessions(t *testing.T) {
 	be := newBackend(t, echo)
 	rt := newRouting(t, routing.RoundRobin, be.addr())
