@@ -167,6 +167,9 @@ func TestReloadWhileStopping(t *testing.T) {
 	if rs.Listening || rs.Sessions != 1 {
 		t.Errorf("status during the drain: listening %v, %d sessions; want not listening, 1 session", rs.Listening, rs.Sessions)
 	}
+	if out, err := h.ctl("reset-primary", "rw"); err != nil || !strings.Contains(out, "primary stays "+dest.Addr().String()) {
+		t.Errorf("reset-primary during the drain: %v; want it answered, the primary staying %s:\n%s", err, dest.Addr(), out)
+	}
 	extra := routeConfig{Name: "extra", Port: ports[1], Mode: "read-write", Dests: []string{dest.Addr().String()}}
 	cfg.Routes = append(cfg.Routes, extra)
 	h.writeConfig(cfg)
