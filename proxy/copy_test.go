@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -356,4 +360,112 @@ func TestLoopsShareSessions(t *testing.T) {
 	if lo, hi := slices.Min(loads), slices.Max(loads); hi-lo > 2 {
 		t.Errorf("sessions per loop %v: spread %d, want at most 2", loads, hi-lo)
 	}
+}
+
+// TestHandOverDuringShutdown checks that a client one loop accepted and
+// handed to another is still served when Shutdown takes the listener
+// away before the other loop has admitted it, and that Shutdown waits
+// for it. The loops are held at the points where that race opens.
+func TestHandOverDuringShutdown(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // two loops
+	// The first client accepted once armed stops the accepting loop right
+	// after accept(2), until resume is closed.
+	var armed atomic.Bool
+	accepted, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	acceptFn = func(fd int) (int, error) {
+		nfd, err := accept4(fd)
+		if err == nil && armed.Load() {
+			once.Do(func() {
+				close(accepted)
+				<-resume
+			})
+		}
+		return nfd, err
+	}
+	t.Cleanup(func() { acceptFn = accept4 })
+
+	var logs logBuffer
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logs), nil))
+	p := startRoute(t, Config{}, rt, Options{Logger: log})
+	if len(p.loops) != 2 {
+		t.Fatalf("%d loops, want one per P (2)", len(p.loops))
+	}
+	recv, acc := p.loops[0], p.loops[1]
+	p.mu.Lock()
+	lnfd := p.ln.fd
+	p.mu.Unlock()
+
+	// hold blocks l in a posted command until the returned func is called.
+	hold := func(l *loop) func() {
+		entered, release := make(chan struct{}), make(chan struct{})
+		l.post(func(*loop) {
+			close(entered)
+			<-release
+		})
+		<-entered
+		return func() { close(release) }
+	}
+
+	// acc accepts the client (recv is held) and stops right after
+	// accept(2); acc looks loaded, so it will hand the client to recv.
+	armed.Store(true)
+	acc.load.Add(5)
+	defer acc.load.Add(-5)
+	releaseRecv := hold(recv)
+	c := dialProxy(t, p)
+	<-accepted
+	releaseRecv()
+
+	// Shutdown takes the listener from recv at once, then waits for acc.
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- p.Shutdown(ctx)
+	}()
+	eventually(t, "recv to drop the listener", func() bool { return !epollHas(t, recv.epfd, lnfd) })
+
+	// recv is held again, so that the hand-over waits in its queue while
+	// acc drops the listener and Shutdown starts waiting for the sessions.
+	releaseRecv = hold(recv)
+	close(resume)
+	eventually(t, "the listener to be closed", func() bool { return logs.count("draining sessions") == 1 })
+	releaseRecv()
+
+	if err := roundTrip(c, "handed over"); err != nil {
+		t.Fatalf("client handed over during Shutdown: %v", err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v while a session was open", err)
+	default:
+	}
+	c.Close()
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("Shutdown = %v, want nil once the last session ended", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the last session ended")
+	}
+}
+
+// epollHas reports whether fd is registered in the epoll instance epfd,
+// from /proc/self/fdinfo.
+func epollHas(t testing.TB, epfd, fd int) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", epfd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "tfd:" && f[1] == strconv.Itoa(fd) {
+			return true
+		}
+	}
+	return false
 }
