@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -236,4 +237,38 @@ func TestAdminReload(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestStatusFallback: a read-only route with no destination up sends its
+// clients to its fallback's destinations. /status counts those sessions
+// in the route's total and as fallback_sessions, and `hamr ctl status`
+// shows them on a "(fallback rw)" line; they used to be left out, so a
+// route serving everyone through its fallback showed 0 sessions.
+func TestStatusFallback(t *testing.T) {
+	dest, held, _ := holdServer(t)
+	ports := freePorts(t, 3)
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
+	ro := routeConfig{Name: "ro", Port: ports[1], Mode: "read-only", Dests: []string{Addr(ports[2])}, Extra: `fallback = "rw"`}
+	h := startHamr(t, hamrConfig{Level: "tcp", Routes: []routeConfig{rw, ro}})
+	h.waitDest("ro", Addr(ports[2]), false, 10*time.Second)
+
+	c, err := net.DialTimeout("tcp", Addr(ro.Port), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 5*time.Second, "the ro session to reach rw's destination", func() (bool, error) {
+		return len(held) > 0, nil
+	})
+	waitFor(t, 5*time.Second, "/status to count ro's fallback session", func() (bool, error) {
+		r, err := h.route("ro")
+		return err == nil && r.Sessions == 1 && r.Fallback == 1, err
+	})
+	out, err := h.ctl("status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`\(fallback rw\) +1\b`).MatchString(out) {
+		t.Errorf("hamr ctl status does not show ro's session on its fallback rw:\n%s", out)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -274,6 +275,7 @@ type routeStatus struct {
 	Listening    bool         `json:"listening"`
 	Primary      string       `json:"primary"`
 	Sessions     int          `json:"sessions"`
+	Fallback     int          `json:"fallback_sessions"`
 	Destinations []destStatus `json:"destinations"`
 }
 
@@ -578,4 +580,40 @@ func mysqlError(t testing.TB, err error) *mysql.MySQLError {
 		t.Fatalf("got error %v (%T); want a MySQL error packet", err, err)
 	}
 	return me
+}
+
+// holdServer listens on 127.0.0.1 and keeps every connection open, so
+// that a session through hamr stays up without a database. held receives
+// each connection; release closes those not yet taken from it.
+func holdServer(t testing.TB) (addr string, held chan net.Conn, release func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held = make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	release = func() {
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}
+	t.Cleanup(func() {
+		ln.Close()
+		release()
+	})
+	return ln.Addr().String(), held, release
 }

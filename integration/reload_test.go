@@ -65,6 +65,27 @@ func TestReload(t *testing.T) {
 		}
 	})
 
+	t.Run("ctl reload to a port in use keeps the old config", func(t *testing.T) {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		ro2 := ro
+		ro2.Port = taken.Addr().(*net.TCPAddr).Port
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2}})
+		out, err := h.ctl("reload")
+		if err == nil || !strings.Contains(out, "route ro") || !strings.Contains(out, "address already in use") {
+			t.Errorf("reload to a port in use: %v; want it rejected, naming route ro and the busy address:\n%s", err, out)
+		}
+		if got := mustPortVia(t, roAddr); got != p1 && got != p2 {
+			t.Errorf("ro after a rejected reload reaches %d, want a replica on its old port", got)
+		}
+		if got, err := open.port(ctx); err != nil || got != p1 {
+			t.Errorf("open rw session after a rejected reload: port %d, %v; want %d", got, err, p1)
+		}
+	})
+
 	t.Run("ctl reload adds and changes routes", func(t *testing.T) {
 		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 		ro2 := ro
@@ -116,35 +137,9 @@ func hasSeries(m map[string]float64, s string) bool {
 // listening and its session still there; a reload is refused, rather than
 // starting routes that nothing would stop again.
 func TestReloadWhileStopping(t *testing.T) {
-	dest, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dest.Close()
-	held := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := dest.Accept()
-			if err != nil {
-				return
-			}
-			held <- c // kept open: the session through hamr stays up
-		}
-	}()
-	release := func() {
-		for {
-			select {
-			case c := <-held:
-				c.Close()
-			default:
-				return
-			}
-		}
-	}
-	defer release()
-
+	dest, held, release := holdServer(t)
 	ports := freePorts(t, 2)
-	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest.Addr().String()}}
+	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
 	cfg := hamrConfig{Level: "tcp", Drain: 20 * time.Second, Routes: []routeConfig{r}}
 	h := startHamr(t, cfg)
 	c, err := net.DialTimeout("tcp", Addr(r.Port), 2*time.Second)
@@ -167,10 +162,10 @@ func TestReloadWhileStopping(t *testing.T) {
 	if rs.Listening || rs.Sessions != 1 {
 		t.Errorf("status during the drain: listening %v, %d sessions; want not listening, 1 session", rs.Listening, rs.Sessions)
 	}
-	if out, err := h.ctl("reset-primary", "rw"); err != nil || !strings.Contains(out, "primary stays "+dest.Addr().String()) {
-		t.Errorf("reset-primary during the drain: %v; want it answered, the primary staying %s:\n%s", err, dest.Addr(), out)
+	if out, err := h.ctl("reset-primary", "rw"); err != nil || !strings.Contains(out, "primary stays "+dest) {
+		t.Errorf("reset-primary during the drain: %v; want it answered, the primary staying %s:\n%s", err, dest, out)
 	}
-	extra := routeConfig{Name: "extra", Port: ports[1], Mode: "read-write", Dests: []string{dest.Addr().String()}}
+	extra := routeConfig{Name: "extra", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
 	cfg.Routes = append(cfg.Routes, extra)
 	h.writeConfig(cfg)
 	out, err := h.ctl("reload")

@@ -107,6 +107,18 @@ func listenTCP(addr string) (*listener, error) {
 	return &listener{fd: fd, addr: sockaddrString(bound)}, nil
 }
 
+// CheckListen reports whether addr can be listened on as Route.Start
+// would: it binds a socket the same way and closes it. A reload uses it
+// to reject a route whose new port is taken before it stops anything.
+func CheckListen(addr string) error {
+	ln, err := listenTCP(addr)
+	if err != nil {
+		return err
+	}
+	ln.close()
+	return nil
+}
+
 // sockaddr converts ap to a socket address and its family.
 func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
 	a := ap.Addr()

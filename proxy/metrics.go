@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, dest),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hamr_route_bytes_total",
-			Help: "Bytes copied, counted when each direction of a session ends.",
+			Help: "Bytes relayed, added as they are relayed.",
 		}, []string{"route", "destination", "direction"}),
 		dialErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hamr_route_dial_errors_total",

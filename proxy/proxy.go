@@ -233,6 +233,18 @@ func (r *Route) Sessions() []int {
 	return n
 }
 
+// FallbackSessions returns the number of open sessions to the fallback
+// route's destinations.
+func (r *Route) FallbackSessions() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, d := range r.fbDests {
+		n += len(d.sessions)
+	}
+	return n
+}
+
 // StopAccepting closes the listening socket for good, so that another
 // route can bind the address at once; open sessions go on. Shutdown
 // calls it first.

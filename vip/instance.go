@@ -77,11 +77,8 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		log = slog.Default()
 	}
 	log = log.With("vrrp", cfg.Name)
-	if err := check(cfg); err != nil {
-		return nil, fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
-	}
-	if _, err := net.InterfaceByName(cfg.Interface); err != nil {
-		return nil, fmt.Errorf("vip: vrrp.%s: interface %q: %w", cfg.Name, cfg.Interface, err)
+	if err := Check(cfg); err != nil {
+		return nil, err
 	}
 	i := &Instance{
 		cfg:       cfg,
@@ -113,6 +110,45 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		m.priority.WithLabelValues(cfg.Name).Set(float64(cfg.Priority))
 	}
 	return i, nil
+}
+
+// Check reports what keeps cfg from running on this host, without
+// changing anything: a setting the codec or the machine cannot work with,
+// a missing interface, no IPv4 address to send adverts from, or no
+// permission to open the VRRP socket. New calls it; a reload calls it
+// before it stops the instance that runs now.
+func Check(cfg *conf.VRRP) error {
+	if err := check(cfg); err != nil {
+		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	if err := checkHost(cfg); err != nil {
+		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// checkHost checks what Run will need from the host.
+func checkHost(cfg *conf.VRRP) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("interface %q: %w", cfg.Interface, err)
+	}
+	if !cfg.UnicastSrcIP.IsValid() {
+		if _, err := primaryAddr(h, link, cfg.VirtualIPAddress); err != nil {
+			return err
+		}
+	}
+	pc, err := net.ListenPacket(fmt.Sprintf("ip4:%d", Protocol), "0.0.0.0")
+	if err != nil {
+		return fmt.Errorf("vrrp socket: %w", err)
+	}
+	pc.Close()
+	return nil
 }
 
 // check rejects what the codec or the machine cannot work with; conf

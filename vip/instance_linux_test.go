@@ -457,3 +457,30 @@ func TestInstanceV2AuthMismatch(t *testing.T) {
 		t.Error("hamr_vrrp_adverts_dropped_total{instance=VI_B,reason=auth} = 0")
 	}
 }
+
+// TestNewNeedsSourceAddress: an interface with no IPv4 address of its
+// own (the VIP does not count) has nothing to send adverts from, so New
+// refuses it up front, unless unicast_src_ip names the source.
+func TestNewNeedsSourceAddress(t *testing.T) {
+	l := newLab(t)
+	link, err := l.hA.LinkByName(l.ifA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.hA.AddrDel(link, prefixAddr(netip.PrefixFrom(l.addrA(), 24))); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.hA.AddrAdd(link, prefixAddr(netip.PrefixFrom(l.vip().Addr(), 32))); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig("VI_src", l.ifA, 100, l.vip())
+	in(t, l.nsA, func() { _, err = New(cfg, Options{}) })
+	if err == nil || !strings.Contains(err.Error(), "no IPv4 address") {
+		t.Errorf("New on %s with only the VIP on it: %v; want it refused for having no IPv4 address", l.ifA, err)
+	}
+	cfg.UnicastSrcIP = l.addrA()
+	in(t, l.nsA, func() { _, err = New(cfg, Options{}) })
+	if err != nil {
+		t.Errorf("New with unicast_src_ip = %v: %v", cfg.UnicastSrcIP, err)
+	}
+}

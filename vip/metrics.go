@@ -52,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, inst)),
 		dropped: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hamr_vrrp_adverts_dropped_total",
-			Help: "VRRP adverts dropped, by reason (ttl, short, version, checksum, count, auth, addresses, own, interval).",
+			Help: "VRRP adverts dropped, by reason (ttl, short, version, checksum, count, auth, addresses, own, peer, interval).",
 		}, []string{"instance", "reason"})),
 	}
 }

@@ -22,15 +22,16 @@ type Status struct {
 
 // RouteStatus is one route in Status.
 type RouteStatus struct {
-	Name         string       `json:"name"`
-	Bind         string       `json:"bind"`
-	Mode         string       `json:"mode"`
-	Strategy     string       `json:"strategy"`
-	Listening    bool         `json:"listening"`
-	Primary      string       `json:"primary"` // "" when none or not applicable
-	Fallback     string       `json:"fallback,omitempty"`
-	Sessions     int          `json:"sessions"`
-	Destinations []DestStatus `json:"destinations"`
+	Name             string       `json:"name"`
+	Bind             string       `json:"bind"`
+	Mode             string       `json:"mode"`
+	Strategy         string       `json:"strategy"`
+	Listening        bool         `json:"listening"`
+	Primary          string       `json:"primary"` // "" when none or not applicable
+	Fallback         string       `json:"fallback,omitempty"`
+	Sessions         int          `json:"sessions"`                    // fallback sessions included
+	FallbackSessions int          `json:"fallback_sessions,omitempty"` // to the fallback route's destinations
+	Destinations     []DestStatus `json:"destinations"`
 }
 
 // DestStatus is one destination of a route in Status.
@@ -98,6 +99,10 @@ func (d *daemon) status() Status {
 				rs.Primary = ds.Addr
 			}
 			rs.Destinations = append(rs.Destinations, dst)
+		}
+		if rc.Fallback != "" {
+			rs.FallbackSessions = r.px.FallbackSessions()
+			rs.Sessions += rs.FallbackSessions
 		}
 		st.Routes = append(st.Routes, rs)
 	}

@@ -196,6 +196,9 @@ func printStatus(w io.Writer, st Status) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, b, strat, d.Address, state,
 				orDash(d.Role), lag, d.Sessions, mark)
 		}
+		if r.Fallback != "" {
+			fmt.Fprintf(tw, "\t\t\t(fallback %s)\t\t\t\t%d\t\n", r.Fallback, r.FallbackSessions)
+		}
 		if r.Mode == conf.ModeReadWrite && r.Primary == "" {
 			fmt.Fprintf(tw, "%s\t\t\t(no primary: no destination up)\t\t\t\t\t\n", "")
 		}

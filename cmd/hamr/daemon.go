@@ -203,8 +203,14 @@ func (d *daemon) reload() error {
 		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
 		return err
 	}
-	// [admin] is prepared first: an unreadable token file or an address
-	// in use rejects the reload before anything changed.
+	// What would fail to start is checked first: a port or an address in
+	// use, a VRRP interface that is missing or has no IPv4 address, or an
+	// unreadable token file rejects the reload before anything changed.
+	if err := d.preflight(cfg); err != nil {
+		d.m.reloadFailures.Inc()
+		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
+		return err
+	}
 	ac, err := d.admin.prepare(cfg.Admin)
 	if err != nil {
 		d.m.reloadFailures.Inc()
@@ -221,6 +227,37 @@ func (d *daemon) reload() error {
 	d.m.reloads.Inc()
 	d.log.Info("configuration reloaded", "file", cfg.File, "routes", len(cfg.Routes), "vrrp", len(cfg.VRRP))
 	return nil
+}
+
+// preflight checks that what a reload to cfg starts can start, so that
+// it does not stop a route or a VRRP instance that could not come back.
+// It tries the address of each route whose port no running route holds
+// (a held port is kept by the reload, or freed before the new route
+// binds), and checks each VRRP instance that is new or changed against
+// the host.
+func (d *daemon) preflight(cfg *conf.Config) error {
+	held := make(map[int]bool)
+	for _, r := range d.routes {
+		held[r.cfg.BindPort] = true
+	}
+	var errs []error
+	for _, rc := range cfg.Routes {
+		if held[rc.BindPort] {
+			continue
+		}
+		if err := proxy.CheckListen(rc.Addr()); err != nil {
+			errs = append(errs, fmt.Errorf("route %s: %w", rc.Name, err))
+		}
+	}
+	for _, vc := range cfg.VRRP {
+		if v, ok := d.vrrps[vc.Name]; ok && reflect.DeepEqual(v.cfg, vc) {
+			continue
+		}
+		if err := vip.Check(vc); err != nil {
+			errs = append(errs, privileges(err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // apply moves the running state to cfg: removed routes drain, changed ones
@@ -565,24 +602,30 @@ func (d *daemon) watchWriters(ctx context.Context, r *route, checkers []*health.
 func (d *daemon) startVRRP(vc *conf.VRRP) error {
 	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func() { d.releasedVIPs(vc) }})
 	if err != nil {
-		return fmt.Errorf("vrrp %s: %w", vc.Name, err)
+		return privileges(err)
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
 	v := &vrrpInst{cfg: vc, in: in, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(v.done)
 		if err := in.Run(ctx); err != nil {
-			if errors.Is(err, syscall.EPERM) {
-				err = fmt.Errorf("%w (VRRP needs CAP_NET_RAW and CAP_NET_ADMIN, or root)", err)
-			}
 			select {
-			case d.fatal <- fmt.Errorf("vrrp %s: %w", vc.Name, err):
+			case d.fatal <- privileges(err):
 			default:
 			}
 		}
 	}()
 	d.vrrps[vc.Name] = v
 	return nil
+}
+
+// privileges says what a VRRP instance lacks when err is a permission
+// error.
+func privileges(err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("%w (VRRP needs CAP_NET_RAW and CAP_NET_ADMIN, or root)", err)
+	}
+	return err
 }
 
 // releasedVIPs closes the sessions of routes bound to a VIP of vc, which

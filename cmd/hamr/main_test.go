@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -74,6 +75,7 @@ func TestPrintStatus(t *testing.T) {
 				{Address: "127.0.0.1:3307", Up: true, Role: "primary", Sessions: 4, Primary: true},
 			}},
 		{Name: "ro", Bind: "127.0.0.1:7002", Mode: "read-only", Strategy: "round-robin", Listening: false,
+			Fallback: "rw", Sessions: 2, FallbackSessions: 2,
 			Destinations: []DestStatus{{Address: "127.0.0.1:3308", Up: true, Role: "replica", LagSeconds: &lag}}},
 	}, VRRP: []VRRPStatus{{Name: "VI_1", Interface: "eth1", VRID: 51, Version: 3, State: "MASTER",
 		Priority: 120, EffectivePriority: 90, VIPs: []string{"10.0.0.1/24"}}}}
@@ -91,5 +93,8 @@ func TestPrintStatus(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("status table lacks %q:\n%s", want, got)
 		}
+	}
+	if !regexp.MustCompile(`\(fallback rw\) +2 *\n`).MatchString(got) {
+		t.Errorf("status table lacks ro's 2 sessions on its fallback rw:\n%s", got)
 	}
 }

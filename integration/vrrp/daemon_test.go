@@ -27,6 +27,7 @@ type router struct {
 
 	childPidFile string // keepalived: the VRRP child's pid file
 	admin        string // hamr: admin address inside h's namespace
+	conf         string // hamr: its configuration file
 }
 
 // routerConf is what a test varies between routers; the rest is the lab's.

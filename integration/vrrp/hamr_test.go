@@ -123,6 +123,7 @@ func (l *lab) startHamr(h *host, c routerConf) *router {
 	conf := l.writeHamrConf(h, name, c)
 	r := l.start("hamr", h, name, hamrBin, "run", "-c", conf)
 	r.admin = adminAddr
+	r.conf = conf
 	return r
 }
 

@@ -2,6 +2,9 @@ package vrrp
 
 import (
 	"fmt"
+	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -205,5 +208,55 @@ func TestHamrTrackRoute(t *testing.T) {
 	}
 	if l.r1.hasVIP(t) {
 		t.Fatal("r1 holds the VIP while its route is down")
+	}
+}
+
+// TestHamrReloadBadInterface: a reload whose VRRP instance names an
+// interface that is not there is rejected before the running instance
+// stops, so the master keeps the VIP (it used to resign, and the backup
+// took over).
+func TestHamrReloadBadInterface(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	r1, r2, p := l.pairUp(kindHamr, kindHamr, fast)
+	good, err := os.ReadFile(r1.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iface := fmt.Sprintf("interface = %q", l.r1.link)
+	bad := strings.Replace(string(good), iface, `interface = "hamr-nosuch0"`, 1)
+	if bad == string(good) {
+		t.Fatalf("no %s in r1's configuration:\n%s", iface, good)
+	}
+	if err := os.WriteFile(r1.conf, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r1.signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(r1.log(), "reload rejected"); {
+		if time.Now().After(deadline) {
+			t.Fatal("hamr in r1 did not reject the reload within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Long past r2's master down interval: r1 must still be master.
+	time.Sleep(5*fast.advert + time.Second)
+	if !r1.running() {
+		t.Fatalf("hamr in r1 exited after the rejected reload: %v", r1.waitErr)
+	}
+	if st, err := r1.state(); err != nil || st != "MASTER" {
+		t.Fatalf("r1 after the rejected reload is %q (%v), want MASTER", st, err)
+	}
+	if st, err := r2.state(); err != nil || st != "BACKUP" {
+		t.Fatalf("r2 is %q (%v), want BACKUP", st, err)
+	}
+	if !l.r1.hasVIP(t) || l.r2.hasVIP(t) {
+		t.Fatalf("VIP on r1 %v, on r2 %v; want only on r1", l.r1.hasVIP(t), l.r2.hasVIP(t))
+	}
+	if got := p.current(); got != "r1" {
+		t.Fatalf("client answered by %q, want r1", got)
+	}
+	if log := r1.log(); !strings.Contains(log, "hamr-nosuch0") {
+		t.Errorf("the rejection does not name the missing interface:\n%s", log)
 	}
 }
