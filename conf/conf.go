@@ -97,6 +97,22 @@ func (r *Route) Addr() string {
 	return net.JoinHostPort(r.BindAddress, strconv.Itoa(r.BindPort))
 }
 
+// SharesPort reports whether r and o listen on the same port of the
+// same address; an unspecified address (0.0.0.0 or ::) takes the port on
+// every address. Routes whose bind_address does not parse share nothing.
+func (r *Route) SharesPort(o *Route) bool {
+	a, err := netip.ParseAddr(r.BindAddress)
+	if err != nil {
+		return false
+	}
+	b, err := netip.ParseAddr(o.BindAddress)
+	if err != nil {
+		return false
+	}
+	a, b = a.Unmap(), b.Unmap()
+	return r.BindPort == o.BindPort && (a == b || a.IsUnspecified() || b.IsUnspecified())
+}
+
 // VRRP is one [vrrp.NAME] section: a keepalived vrrp_instance.
 type VRRP struct {
 	Name             string

@@ -553,3 +553,29 @@ func TestLoadMissing(t *testing.T) {
 		t.Errorf("got %v, want a plain file error", err)
 	}
 }
+
+func TestSharesPort(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		pa   int
+		pb   int
+		want bool
+	}{
+		{"127.0.0.1", "127.0.0.1", 7001, 7001, true},
+		{"127.0.0.1", "127.0.0.1", 7001, 7002, false},
+		{"127.0.0.1", "127.0.0.2", 7001, 7001, false},
+		{"0.0.0.0", "127.0.0.1", 7001, 7001, true},
+		{"10.0.0.5", "::", 7001, 7001, true},
+		{"::ffff:127.0.0.1", "127.0.0.1", 7001, 7001, true},
+		{"not-an-ip", "127.0.0.1", 7001, 7001, false},
+	} {
+		a := &Route{BindAddress: tc.a, BindPort: tc.pa}
+		b := &Route{BindAddress: tc.b, BindPort: tc.pb}
+		if got := a.SharesPort(b); got != tc.want {
+			t.Errorf("%s:%d shares the port of %s:%d = %v, want %v", tc.a, tc.pa, tc.b, tc.pb, got, tc.want)
+		}
+		if got := b.SharesPort(a); got != tc.want {
+			t.Errorf("%s:%d shares the port of %s:%d = %v, want %v", tc.b, tc.pb, tc.a, tc.pa, got, tc.want)
+		}
+	}
+}

@@ -141,25 +141,19 @@ func (d *decoder) checkUser(ht, global *table, h Health) {
 // checkBinds reports routes that listen on the same address and port. An
 // unspecified address (0.0.0.0 or ::) takes the port on every address.
 func (d *decoder) checkBinds(routes []*Route) {
-	type bound struct {
-		r    *Route
-		addr netip.Addr
-	}
-	var seen []bound
+	var seen []*Route
 	for _, r := range byLine(routes, d.routeT) {
-		a, err := netip.ParseAddr(r.BindAddress)
-		if err != nil || r.BindPort == 0 {
+		if r.BindPort == 0 {
 			continue // already reported
 		}
-		a = a.Unmap()
 		for _, b := range seen {
-			if b.r.BindPort == r.BindPort && (a == b.addr || a.IsUnspecified() || b.addr.IsUnspecified()) {
+			if r.SharesPort(b) {
 				d.routeT[r].errorf("bind_port", "%s:%d is also bound by routing.%s (a different port or address)",
-					r.BindAddress, r.BindPort, b.r.Name)
+					r.BindAddress, r.BindPort, b.Name)
 				break
 			}
 		}
-		seen = append(seen, bound{r, a})
+		seen = append(seen, r)
 	}
 }
 

@@ -231,19 +231,18 @@ func (d *daemon) reload() error {
 
 // preflight checks that what a reload to cfg starts can start, so that
 // it does not stop a route or a VRRP instance that could not come back.
-// It tries the address of each route whose port no running route holds
-// (a held port is kept by the reload, or freed before the new route
-// binds), and checks each VRRP instance that is new or changed against
-// the host.
+// It tries the address of each route that shares its port with no
+// running route (a shared port is kept by the reload, or freed before
+// the new route binds), and checks each VRRP instance that is new or
+// changed against the host.
 func (d *daemon) preflight(cfg *conf.Config) error {
-	held := make(map[int]bool)
-	for _, r := range d.routes {
-		held[r.cfg.BindPort] = true
-	}
 	var errs []error
+next:
 	for _, rc := range cfg.Routes {
-		if held[rc.BindPort] {
-			continue
+		for _, r := range d.routes {
+			if r.cfg.SharesPort(rc) {
+				continue next
+			}
 		}
 		if err := proxy.CheckListen(rc.Addr()); err != nil {
 			errs = append(errs, fmt.Errorf("route %s: %w", rc.Name, err))
