@@ -407,15 +407,12 @@ func (l *loop) removeListener(ln *listener) {
 // closeAll closes every session of the loop, open or being connected
 // (the table holds a session's client socket from the moment it is
 // accepted).
-func (l *loop) closeAll() int {
-	n := 0
+func (l *loop) closeAll() {
 	for _, s := range l.table {
-		if s != nil && s.state != stateClosed {
+		if s != nil {
 			l.closeSession(s)
-			n++
 		}
 	}
-	return n
 }
 
 // release frees the loop's descriptors when it ends.

@@ -238,11 +238,7 @@ func (r *Route) Sessions() []int {
 func (r *Route) FallbackSessions() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := 0
-	for _, d := range r.fbDests {
-		n += len(d.sessions)
-	}
-	return n
+	return count(r.fbDests)
 }
 
 // StopAccepting closes the listening socket for good, so that another
@@ -324,12 +320,12 @@ func (r *Route) stopLoops() {
 }
 
 // open returns the number of open sessions. r.mu must be held.
-func (r *Route) open() int {
+func (r *Route) open() int { return count(r.dests) + count(r.fbDests) }
+
+// count returns the number of open sessions to ds. Route.mu must be held.
+func count(ds []*dest) int {
 	n := 0
-	for _, d := range r.dests {
-		n += len(d.sessions)
-	}
-	for _, d := range r.fbDests {
+	for _, d := range ds {
 		n += len(d.sessions)
 	}
 	return n

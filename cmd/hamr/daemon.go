@@ -197,25 +197,24 @@ func (d *daemon) reload() error {
 	if d.stopping.Load() {
 		return errShuttingDown
 	}
-	cfg, err := conf.Load(d.cfg.File)
-	if err != nil {
+	reject := func(err error) error {
 		d.m.reloadFailures.Inc()
 		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
 		return err
+	}
+	cfg, err := conf.Load(d.cfg.File)
+	if err != nil {
+		return reject(err)
 	}
 	// What would fail to start is checked first: a port or an address in
 	// use, a VRRP interface that is missing or has no IPv4 address, or an
 	// unreadable token file rejects the reload before anything changed.
 	if err := d.preflight(cfg); err != nil {
-		d.m.reloadFailures.Inc()
-		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
-		return err
+		return reject(err)
 	}
 	ac, err := d.admin.prepare(cfg.Admin)
 	if err != nil {
-		d.m.reloadFailures.Inc()
-		d.log.Error("reload rejected; the running configuration is kept", "file", d.cfg.File, "err", err)
-		return err
+		return reject(err)
 	}
 	err = d.apply(cfg)
 	d.admin.commit(ac) // apply's errors are routes that failed; the rest, [admin] too, applies
