@@ -226,7 +226,6 @@ func TestLevels(t *testing.T) {
 	}
 }
 
-// waitFor polls cond for a generous bound; it fails only on a hang.
 // runChecker runs c until the test ends, and waits for Run to return.
 func runChecker(t *testing.T, c *Checker) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -241,6 +240,7 @@ func runChecker(t *testing.T, c *Checker) {
 	})
 }
 
+// waitFor polls cond for a generous bound; it fails only on a hang.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for range 2000 {

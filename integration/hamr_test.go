@@ -583,37 +583,45 @@ func mysqlError(t testing.TB, err error) *mysql.MySQLError {
 }
 
 // holdServer listens on 127.0.0.1 and keeps every connection open, so
-// that a session through hamr stays up without a database. held receives
-// each connection; release closes those not yet taken from it.
-func holdServer(t testing.TB) (addr string, held chan net.Conn, release func()) {
+// that a session through hamr stays up without a database (health
+// checks of level tcp connect too). release closes them all, and those
+// that come later at once.
+func holdServer(t testing.TB) (addr string, release func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	held = make(chan net.Conn, 4)
+	var mu sync.Mutex
+	var held []net.Conn
+	released := false
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			held <- c
+			mu.Lock()
+			if released {
+				c.Close()
+			} else {
+				held = append(held, c)
+			}
+			mu.Unlock()
 		}
 	}()
 	release = func() {
-		for {
-			select {
-			case c := <-held:
-				c.Close()
-			default:
-				return
-			}
+		mu.Lock()
+		defer mu.Unlock()
+		released = true
+		for _, c := range held {
+			c.Close()
 		}
+		held = nil
 	}
 	t.Cleanup(func() {
 		ln.Close()
 		release()
 	})
-	return ln.Addr().String(), held, release
+	return ln.Addr().String(), release
 }

@@ -137,7 +137,7 @@ func hasSeries(m map[string]float64, s string) bool {
 // listening and its session still there; a reload is refused, rather than
 // starting routes that nothing would stop again.
 func TestReloadWhileStopping(t *testing.T) {
-	dest, held, release := holdServer(t)
+	dest, release := holdServer(t)
 	ports := freePorts(t, 2)
 	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
 	cfg := hamrConfig{Level: "tcp", Drain: 20 * time.Second, Routes: []routeConfig{r}}
@@ -148,12 +148,13 @@ func TestReloadWhileStopping(t *testing.T) {
 	}
 	defer c.Close()
 	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
-		return len(held) > 0, nil
+		rs, err := h.route("rw")
+		return err == nil && rs.Sessions == 1, err
 	})
 
 	h.signal(syscall.SIGTERM)
-	waitFor(t, 5*time.Second, "hamr to start draining", func() (bool, error) {
-		return h.logContains("shutting down"), nil
+	waitFor(t, 5*time.Second, "hamr to close its listener and drain", func() (bool, error) {
+		return h.logContains("draining sessions"), nil // logged once the listener is closed
 	})
 	rs, err := h.route("rw")
 	if err != nil {
@@ -182,5 +183,8 @@ func TestReloadWhileStopping(t *testing.T) {
 	release()
 	if !h.waitExit(10 * time.Second) {
 		t.Fatalf("hamr did not exit once its last session ended:\n%s", h.log.tail(10))
+	}
+	if code := h.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("hamr exited with status %d after its drain, want 0:\n%s", code, h.log.tail(10))
 	}
 }

@@ -371,14 +371,15 @@ func TestHandOverDuringShutdown(t *testing.T) {
 	// The first client accepted once armed stops the accepting loop right
 	// after accept(2), until resume is closed.
 	var armed atomic.Bool
-	accepted, resume := make(chan struct{}), make(chan struct{})
+	accepted, resumeC := make(chan struct{}), make(chan struct{})
+	resume := sync.OnceFunc(func() { close(resumeC) })
 	var once sync.Once
 	acceptFn = func(fd int) (int, error) {
 		nfd, err := accept4(fd)
 		if err == nil && armed.Load() {
 			once.Do(func() {
 				close(accepted)
-				<-resume
+				<-resumeC
 			})
 		}
 		return nfd, err
@@ -398,15 +399,25 @@ func TestHandOverDuringShutdown(t *testing.T) {
 	lnfd := p.ln.fd
 	p.mu.Unlock()
 
+	// Should the test fail, the loops are let go before Shutdown's
+	// cleanup, which needs them.
+	releases := []func(){resume}
+	t.Cleanup(func() {
+		for _, release := range releases {
+			release()
+		}
+	})
 	// hold blocks l in a posted command until the returned func is called.
 	hold := func(l *loop) func() {
-		entered, release := make(chan struct{}), make(chan struct{})
+		entered, releaseC := make(chan struct{}), make(chan struct{})
+		release := sync.OnceFunc(func() { close(releaseC) })
+		releases = append(releases, release)
 		l.post(func(*loop) {
 			close(entered)
-			<-release
+			<-releaseC
 		})
-		<-entered
-		return func() { close(release) }
+		waitClosed(t, "the loop to be held", entered)
+		return release
 	}
 
 	// acc accepts the client (recv is held) and stops right after
@@ -416,7 +427,7 @@ func TestHandOverDuringShutdown(t *testing.T) {
 	defer acc.load.Add(-5)
 	releaseRecv := hold(recv)
 	c := dialProxy(t, p)
-	<-accepted
+	waitClosed(t, "acc to accept the client", accepted)
 	releaseRecv()
 
 	// Shutdown takes the listener from recv at once, then waits for acc.
@@ -431,12 +442,15 @@ func TestHandOverDuringShutdown(t *testing.T) {
 	// recv is held again, so that the hand-over waits in its queue while
 	// acc drops the listener and Shutdown starts waiting for the sessions.
 	releaseRecv = hold(recv)
-	close(resume)
+	resume()
 	eventually(t, "the listener to be closed", func() bool { return logs.count("draining sessions") == 1 })
 	releaseRecv()
 
 	if err := roundTrip(c, "handed over"); err != nil {
 		t.Fatalf("client handed over during Shutdown: %v", err)
+	}
+	if n := recv.load.Load(); n != 1 {
+		t.Fatalf("recv serves %d sessions, want the handed-over client", n)
 	}
 	select {
 	case err := <-shut:
@@ -451,6 +465,16 @@ func TestHandOverDuringShutdown(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return after the last session ended")
+	}
+}
+
+// waitClosed waits for ch to be closed, failing the test after 10 s.
+func waitClosed(t testing.TB, what string, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 

@@ -130,6 +130,10 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 			cmd.Wait()
 		}
 	}()
+	// A child that never prints what the test waits for would block the
+	// scanner for ever: kill it, which ends its output.
+	hang := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+	defer hang.Stop()
 	sc := bufio.NewScanner(stdout)
 	// waitFor reads the child's output up to a line holding s and
 	// returns what follows s.

@@ -75,8 +75,8 @@ func TestPrintStatus(t *testing.T) {
 				{Address: "127.0.0.1:3307", Up: true, Role: "primary", Sessions: 4, Primary: true},
 			}},
 		{Name: "ro", Bind: "127.0.0.1:7002", Mode: "read-only", Strategy: "round-robin", Listening: false,
-			Fallback: "rw", Sessions: 2, FallbackSessions: 2,
-			Destinations: []DestStatus{{Address: "127.0.0.1:3308", Up: true, Role: "replica", LagSeconds: &lag}}},
+			Fallback: "rw", Sessions: 3, FallbackSessions: 2,
+			Destinations: []DestStatus{{Address: "127.0.0.1:3308", Up: true, Role: "replica", LagSeconds: &lag, Sessions: 1}}},
 	}, VRRP: []VRRPStatus{{Name: "VI_1", Interface: "eth1", VRID: 51, Version: 3, State: "MASTER",
 		Priority: 120, EffectivePriority: 90, VIPs: []string{"10.0.0.1/24"}}}}
 	var b bytes.Buffer
