@@ -49,7 +49,8 @@ type Status struct {
 }
 
 // Instance is one VRRP instance ([vrrp.NAME]). Create it with New, start
-// it with Run; SetRouteHealthy and Status are safe from any goroutine.
+// it with Start (or Run); SetRouteHealthy and Status are safe from any
+// goroutine.
 type Instance struct {
 	cfg  *conf.VRRP
 	log  *slog.Logger
@@ -57,6 +58,7 @@ type Instance struct {
 	addr []netip.Addr // virtual addresses without prefix
 
 	kick    chan struct{} // capacity 1: tracked route health changed
+	done    chan struct{} // closed when a started instance has stopped
 	onLeave func()        // Options.OnLeaveMaster
 
 	mu        sync.Mutex
@@ -85,6 +87,7 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		log:       log,
 		met:       opts.Metrics,
 		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
 		onLeave:   opts.OnLeaveMaster,
 		unhealthy: make(map[string]bool),
 	}
@@ -114,8 +117,8 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 
 // Check reports what keeps cfg from running on this host, without
 // changing anything: a setting the codec or the machine cannot work with,
-// a missing interface, no IPv4 address to send adverts from, or no
-// permission to open the VRRP socket. New calls it; a reload calls it
+// a missing interface or one without an Ethernet address, no IPv4 address
+// to send adverts from, or no permission to open the VRRP socket. New calls it; a reload calls it
 // before it stops the instance that runs now.
 func Check(cfg *conf.VRRP) error {
 	if err := check(cfg); err != nil {
@@ -127,7 +130,7 @@ func Check(cfg *conf.VRRP) error {
 	return nil
 }
 
-// checkHost checks what Run will need from the host.
+// checkHost checks what Start will need from the host.
 func checkHost(cfg *conf.VRRP) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
@@ -137,6 +140,9 @@ func checkHost(cfg *conf.VRRP) error {
 	link, err := h.LinkByName(cfg.Interface)
 	if err != nil {
 		return fmt.Errorf("interface %q: %w", cfg.Interface, err)
+	}
+	if len(link.Attrs().HardwareAddr) != 6 {
+		return fmt.Errorf("interface %q has no Ethernet address for gratuitous ARP", cfg.Interface)
 	}
 	if !cfg.UnicastSrcIP.IsValid() {
 		if _, err := primaryAddr(h, link, cfg.VirtualIPAddress); err != nil {
@@ -243,72 +249,131 @@ type hostTransport struct {
 func (t hostTransport) Send(a *Advert) error { return t.c.Send(a) }
 func (t hostTransport) GARP()                { t.g.burst() }
 
-// Run runs the instance until ctx is cancelled. It removes configured
-// virtual addresses left on the interface, opens its sockets, and enters
-// Backup (Master at priority 255). On cancellation it resigns: a master
-// sends an advert with priority 0 and removes the addresses it added;
-// then notify_stop runs and Run returns nil. It returns an error only when
-// it cannot start. Run may be called once.
-//
-// Every socket is opened before Run starts a goroutine, in the network
-// namespace of the calling thread.
-func (i *Instance) Run(ctx context.Context) error {
+// Start removes configured virtual addresses left on the interface and
+// opens the instance's sockets, in the network namespace of the calling
+// thread. It then runs the instance on a goroutine of its own until ctx is
+// cancelled: it enters Backup (Master at priority 255), and on
+// cancellation resigns (a master sends an advert with priority 0 and
+// removes the addresses it added) and runs notify_stop. Start returns an
+// error only when the instance cannot start, and has then started
+// nothing. Wait waits for the end. Start may be called once.
+func (i *Instance) Start(ctx context.Context) error {
 	i.mu.Lock()
 	if i.ran {
 		i.mu.Unlock()
-		return errors.New("vip: Run called twice")
+		return errors.New("vip: Start called twice")
 	}
 	i.ran = true
 	i.mu.Unlock()
-
-	cfg := i.cfg
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	hs, err := i.open()
 	if err != nil {
-		return fmt.Errorf("vip: vrrp.%s: netlink: %w", cfg.Name, err)
+		close(i.done)
+		return fmt.Errorf("vip: vrrp.%s: %w", i.cfg.Name, err)
 	}
-	defer h.Close()
-	link, err := h.LinkByName(cfg.Interface)
+	go func() {
+		defer close(i.done)
+		defer hs.close()
+		i.run(ctx, hs)
+	}()
+	return nil
+}
+
+// Wait returns once an instance that started has stopped, and at once
+// after a failed Start.
+func (i *Instance) Wait() { <-i.done }
+
+// Run is Start followed by Wait.
+func (i *Instance) Run(ctx context.Context) error {
+	if err := i.Start(ctx); err != nil {
+		return err
+	}
+	i.Wait()
+	return nil
+}
+
+// host is what a started instance holds: netlink handles, its sockets,
+// and the virtual addresses it manages.
+type host struct {
+	h   *netlink.Handle
+	v   *vips
+	src netip.Addr
+	c   *conn
+	g   *garper
+	lw  *linkWatcher
+}
+
+// open acquires everything the instance needs from the host; on error it
+// releases what it had acquired.
+func (i *Instance) open() (_ *host, err error) {
+	cfg := i.cfg
+	hs := &host{}
+	defer func() {
+		if err != nil {
+			hs.close()
+		}
+	}()
+	if hs.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	link, err := hs.h.LinkByName(cfg.Interface)
 	if err != nil {
-		return fmt.Errorf("vip: vrrp.%s: interface %q: %w", cfg.Name, cfg.Interface, err)
+		return nil, fmt.Errorf("interface %q: %w", cfg.Interface, err)
 	}
 	attrs := link.Attrs()
 	ifi := &net.Interface{Index: attrs.Index, MTU: attrs.MTU, Name: attrs.Name, HardwareAddr: attrs.HardwareAddr, Flags: attrs.Flags}
 
-	v := &vips{h: h, link: link, want: cfg.VirtualIPAddress, added: make(map[netip.Addr]bool), log: i.log}
-	if err := v.removeStale(); err != nil {
-		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	hs.v = &vips{h: hs.h, link: link, want: cfg.VirtualIPAddress, added: make(map[netip.Addr]bool), log: i.log}
+	if err := hs.v.removeStale(); err != nil {
+		return nil, err
 	}
-	src := cfg.UnicastSrcIP
-	if !src.IsValid() {
-		if src, err = primaryAddr(h, link, cfg.VirtualIPAddress); err != nil {
-			return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	hs.src = cfg.UnicastSrcIP
+	if !hs.src.IsValid() {
+		if hs.src, err = primaryAddr(hs.h, link, cfg.VirtualIPAddress); err != nil {
+			return nil, err
 		}
 	}
-	c, err := listen(ifi, src, cfg.UnicastPeers)
-	if err != nil {
-		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	if hs.c, err = listen(ifi, hs.src, cfg.UnicastPeers); err != nil {
+		return nil, err
 	}
-	defer c.Close()
-	g, err := newGARPer(ifi, i.addr, max(cfg.GarpMasterRepeat, 1), i.log)
-	if err != nil {
-		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	if hs.g, err = newGARPer(ifi, i.addr, max(cfg.GarpMasterRepeat, 1), i.log); err != nil {
+		return nil, err
 	}
-	defer g.Close()
 	lh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("vip: vrrp.%s: netlink: %w", cfg.Name, err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	defer lh.Close()
-	lw := &linkWatcher{
+	hs.lw = &linkWatcher{
 		h:     lh,
 		names: append([]string{cfg.Interface}, cfg.TrackInterface...),
 		every: min(max(cfg.AdvertInt, 100*time.Millisecond), time.Second),
 		c:     make(chan []string, 1),
 	}
-	slices.Sort(lw.names)
-	lw.names = slices.Compact(lw.names)
+	slices.Sort(hs.lw.names)
+	hs.lw.names = slices.Compact(hs.lw.names)
+	return hs, nil
+}
 
-	// From here on nothing fails: start the goroutines.
+// close releases what open acquired; it may be called on a partial host.
+func (hs *host) close() {
+	if hs.lw != nil {
+		hs.lw.h.Close()
+	}
+	if hs.g != nil {
+		hs.g.Close()
+	}
+	if hs.c != nil {
+		hs.c.Close()
+	}
+	if hs.h != nil {
+		hs.h.Close()
+	}
+}
+
+// run is the instance's goroutine: the state machine fed by packets,
+// timers, link changes and tracked route health, until ctx is cancelled.
+func (i *Instance) run(ctx context.Context, hs *host) {
+	cfg := i.cfg
+	c, v, lw, src := hs.c, hs.v, hs.lw, hs.src
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	notify := newNotifier(i.log, cfg.NotifyTimeout)
@@ -341,7 +406,7 @@ func (i *Instance) Run(ctx context.Context) error {
 		copy(mc.auth[:], cfg.AuthPass)
 	}
 	prio, fault := i.health(linksDown)
-	m := newMachine(mc, prio, hostTransport{c: c, g: g}, realClock{}, i.log)
+	m := newMachine(mc, prio, hostTransport{c: c, g: hs.g}, realClock{}, i.log)
 	m.onTransition = func(from, to State, prio int) { i.transition(v, notify, from, to, prio) }
 	m.setHealth(fault, prio)
 	if len(linksDown) > 0 {
@@ -365,7 +430,7 @@ func (i *Instance) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			m.stop()
 			i.publish(m, &pub)
-			return nil
+			return
 		case p := <-pkts:
 			i.handle(m, p)
 		case <-i.kick:

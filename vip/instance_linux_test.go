@@ -484,3 +484,47 @@ func TestNewNeedsSourceAddress(t *testing.T) {
 		t.Errorf("New with unicast_src_ip = %v: %v", cfg.UnicastSrcIP, err)
 	}
 }
+
+// TestStartAfterInterfaceGone: the interface disappears between New and
+// Start. Start returns the reason and has started nothing: Wait returns
+// at once and the instance never left Init.
+func TestStartAfterInterfaceGone(t *testing.T) {
+	l := newLab(t)
+	name := "hvtgone" + l.ifA[len(l.ifA)-3:]
+	if err := l.hA.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	link, err := l.hA.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.hA.AddrAdd(link, prefixAddr(netip.MustParsePrefix("10.99.7.1/24"))); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig("VI_gone", name, 100, netip.MustParsePrefix("10.99.7.100/32"))
+	var inst *Instance
+	in(t, l.nsA, func() { inst, err = New(cfg, Options{}) })
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := l.hA.LinkDel(link); err != nil {
+		t.Fatal(err)
+	}
+	in(t, l.nsA, func() { err = inst.Start(t.Context()) })
+	if err == nil || !strings.Contains(err.Error(), name) {
+		t.Fatalf("Start after %s was deleted: %v; want an error naming it", name, err)
+	}
+	done := make(chan struct{})
+	go func() { inst.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait after a failed Start did not return")
+	}
+	if st := inst.Status().State; st != StateInit.String() {
+		t.Errorf("state after a failed Start = %s, want %s", st, StateInit)
+	}
+	if err := inst.Start(t.Context()); err == nil {
+		t.Error("a second Start succeeded")
+	}
+}

@@ -86,31 +86,38 @@ func TestMetricsRegisterTwice(t *testing.T) {
 }
 
 func TestNewChecks(t *testing.T) {
+	l := newLab(t)
 	base := func() *conf.VRRP {
-		return &conf.VRRP{Name: "VI_1", Interface: "lo", VirtualRouterID: 51, Priority: 100,
-			AdvertInt: time.Second, Version: 3, VirtualIPAddress: []netip.Prefix{netip.MustParsePrefix("10.99.0.100/32")}}
+		return &conf.VRRP{Name: "VI_1", Interface: l.ifA, VirtualRouterID: 51, Priority: 100,
+			AdvertInt: time.Second, Version: 3, VirtualIPAddress: []netip.Prefix{l.vip()}}
 	}
-	inst, err := New(base(), Options{})
+	var inst *Instance
+	var err error
+	in(t, l.nsA, func() { inst, err = New(base(), Options{}) })
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	st := inst.Status()
-	if st.State != "INIT" || st.EffectivePriority != 100 || st.VIPs[0] != "10.99.0.100/32" || st.Dropped == nil {
-		t.Errorf("status before Run: %+v", st)
+	if st.State != "INIT" || st.EffectivePriority != 100 || st.VIPs[0] != l.vip().String() || st.Dropped == nil {
+		t.Errorf("status before Start: %+v", st)
 	}
 	bad := map[string]func(*conf.VRRP){
-		"no such interface": func(c *conf.VRRP) { c.Interface = "hvt-none" },
-		"vrid":              func(c *conf.VRRP) { c.VirtualRouterID = 0 },
-		"version":           func(c *conf.VRRP) { c.Version = 4 },
-		"v2 interval":       func(c *conf.VRRP) { c.Version, c.AdvertInt = 2, 100*time.Millisecond },
-		"ipv6 vip":          func(c *conf.VRRP) { c.VirtualIPAddress = []netip.Prefix{netip.MustParsePrefix("fd00::1/128")} },
-		"no vip":            func(c *conf.VRRP) { c.VirtualIPAddress = nil },
+		"no such interface":   func(c *conf.VRRP) { c.Interface = "hvt-none" },
+		"no Ethernet address": func(c *conf.VRRP) { c.Interface = "lo" },
+		"vrid":                func(c *conf.VRRP) { c.VirtualRouterID = 0 },
+		"version":             func(c *conf.VRRP) { c.Version = 4 },
+		"v2 interval":         func(c *conf.VRRP) { c.Version, c.AdvertInt = 2, 100*time.Millisecond },
+		"ipv6 vip":            func(c *conf.VRRP) { c.VirtualIPAddress = []netip.Prefix{netip.MustParsePrefix("fd00::1/128")} },
+		"no vip":              func(c *conf.VRRP) { c.VirtualIPAddress = nil },
 	}
 	for name, mod := range bad {
 		c := base()
 		mod(c)
-		if _, err := New(c, Options{}); err == nil {
+		in(t, l.nsA, func() { _, err = New(c, Options{}) })
+		if err == nil {
 			t.Errorf("%s: New succeeded", name)
+		} else if name == "no Ethernet address" && !strings.Contains(err.Error(), name) {
+			t.Errorf("New on lo: %v; want it refused for having no Ethernet address", err)
 		}
 	}
 }

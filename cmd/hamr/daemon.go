@@ -37,7 +37,6 @@ type daemon struct {
 
 	ctx    context.Context // lifetime of the daemon; cancelled by stop
 	cancel context.CancelFunc
-	fatal  chan error // a part that cannot go on (a VRRP instance that failed to start)
 
 	mu     sync.Mutex // serialises start, reload and stop
 	cfg    *conf.Config
@@ -90,7 +89,6 @@ type vrrpInst struct {
 	cfg    *conf.VRRP
 	in     *vip.Instance
 	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 type daemonMetrics struct {
@@ -139,7 +137,6 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		m:      newDaemonMetrics(reg),
 		ctx:    ctx,
 		cancel: cancel,
-		fatal:  make(chan error, 1),
 		routes: make(map[string]*route),
 		vrrps:  make(map[string]*vrrpInst),
 		live:   make(map[string][]string),
@@ -602,17 +599,15 @@ func (d *daemon) startVRRP(vc *conf.VRRP) error {
 	if err != nil {
 		return privileges(err)
 	}
+	// Started here, not on a goroutine, so that what fails (the
+	// interface went away since preflight) fails this start or reload
+	// with the rest running, not the daemon later.
 	ctx, cancel := context.WithCancel(d.ctx)
-	v := &vrrpInst{cfg: vc, in: in, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(v.done)
-		if err := in.Run(ctx); err != nil {
-			select {
-			case d.fatal <- privileges(err):
-			default:
-			}
-		}
-	}()
+	if err := in.Start(ctx); err != nil {
+		cancel()
+		return privileges(err)
+	}
+	v := &vrrpInst{cfg: vc, in: in, cancel: cancel}
 	d.vrrps[vc.Name] = v
 	return nil
 }
@@ -648,7 +643,7 @@ func (d *daemon) stopVRRP(name string) {
 	v := d.vrrps[name]
 	delete(d.vrrps, name)
 	v.cancel()
-	<-v.done
+	v.in.Wait()
 }
 
 // view is the running configuration: routes and VRRP instances in the

@@ -58,23 +58,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 	log.Info("hamr ready", "version", version, "config", file, "routes", len(cfg.Routes),
 		"vrrp", len(cfg.VRRP), "admin", cfg.Admin.Address)
 
-	code := 0
-loop:
-	for {
-		select {
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				_ = d.reload() // logged; the old configuration keeps running
-				continue
-			}
-			log.Info("shutting down: stop accepting, drain sessions", "signal", sig.String(),
-				"drain_timeout", d.drainTimeout())
-			break loop
-		case err := <-d.fatal:
-			log.Error("stopping", "err", err)
-			code = 1
-			break loop
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			_ = d.reload() // logged; the old configuration keeps running
+			continue
 		}
+		log.Info("shutting down: stop accepting, drain sessions", "signal", sig.String(),
+			"drain_timeout", d.drainTimeout())
+		break
 	}
 
 	// A second signal cuts the drain short.
@@ -93,7 +84,7 @@ loop:
 	d.stopAdmin(shut)
 	done()
 	log.Info("hamr stopped")
-	return code
+	return 0
 }
 
 func (d *daemon) drainTimeout() time.Duration {

@@ -212,9 +212,10 @@ func TestHamrTrackRoute(t *testing.T) {
 }
 
 // TestHamrReloadBadInterface: a reload whose VRRP instance names an
-// interface that is not there is rejected before the running instance
-// stops, so the master keeps the VIP (it used to resign, and the backup
-// took over).
+// interface it cannot run on (one that is not there, or lo, which has no
+// Ethernet address for gratuitous ARP) is rejected before the running
+// instance stops, so the master keeps the VIP (it used to resign, and the
+// backup took over; with lo, hamr then exited).
 func TestHamrReloadBadInterface(t *testing.T) {
 	t.Parallel()
 	requireHamr(t)
@@ -225,45 +226,50 @@ func TestHamrReloadBadInterface(t *testing.T) {
 		t.Fatal(err)
 	}
 	iface := fmt.Sprintf("interface = %q", l.r1.link)
-	bad := strings.Replace(string(good), iface, `interface = "hamr-nosuch0"`, 1)
-	if bad == string(good) {
-		t.Fatalf("no %s in r1's configuration:\n%s", iface, good)
-	}
-	if err := os.WriteFile(r1.conf, []byte(bad), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	before, err := r1.status()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1.signal(syscall.SIGHUP)
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(r1.log(), "reload rejected"); {
-		if time.Now().After(deadline) {
-			t.Fatal("hamr in r1 did not reject the reload within 5s")
+	for n, c := range []struct{ iface, why string }{
+		{"hamr-nosuch0", "hamr-nosuch0"},
+		{"lo", "no Ethernet address"},
+	} {
+		bad := strings.Replace(string(good), iface, fmt.Sprintf("interface = %q", c.iface), 1)
+		if bad == string(good) {
+			t.Fatalf("no %s in r1's configuration:\n%s", iface, good)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	// Long past r2's master down interval: r1 must still be master.
-	time.Sleep(5*fast.advert + time.Second)
-	if !r1.running() {
-		t.Fatalf("hamr in r1 exited after the rejected reload: %v", r1.waitErr)
-	}
-	// Still master, and never left it meanwhile (a resign and a
-	// preemption back would end in the same state).
-	if st, err := r1.status(); err != nil || st.State != "MASTER" || st.Transitions != before.Transitions {
-		t.Fatalf("r1 after the rejected reload: %q with %d transitions (%v), want MASTER with %d as before",
-			st.State, st.Transitions, err, before.Transitions)
-	}
-	if st, err := r2.state(); err != nil || st != "BACKUP" {
-		t.Fatalf("r2 is %q (%v), want BACKUP", st, err)
-	}
-	if !l.r1.hasVIP(t) || l.r2.hasVIP(t) {
-		t.Fatalf("VIP on r1 %v, on r2 %v; want only on r1", l.r1.hasVIP(t), l.r2.hasVIP(t))
-	}
-	if got := p.current(); got != "r1" {
-		t.Fatalf("client answered by %q, want r1", got)
-	}
-	if log := r1.log(); !strings.Contains(log, "hamr-nosuch0") {
-		t.Errorf("the rejection does not name the missing interface:\n%s", log)
+		if err := os.WriteFile(r1.conf, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before, err := r1.status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r1.signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(5 * time.Second); strings.Count(r1.log(), "reload rejected") <= n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("interface %s: hamr in r1 did not reject the reload within 5s", c.iface)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// Long past r2's master down interval: r1 must still be master.
+		time.Sleep(5*fast.advert + time.Second)
+		if !r1.running() {
+			t.Fatalf("interface %s: hamr in r1 exited after the rejected reload: %v", c.iface, r1.waitErr)
+		}
+		// Still master, and never left it meanwhile (a resign and a
+		// preemption back would end in the same state).
+		if st, err := r1.status(); err != nil || st.State != "MASTER" || st.Transitions != before.Transitions {
+			t.Fatalf("interface %s: r1 after the rejected reload: %q with %d transitions (%v), want MASTER with %d as before",
+				c.iface, st.State, st.Transitions, err, before.Transitions)
+		}
+		if st, err := r2.state(); err != nil || st != "BACKUP" {
+			t.Fatalf("interface %s: r2 is %q (%v), want BACKUP", c.iface, st, err)
+		}
+		if !l.r1.hasVIP(t) || l.r2.hasVIP(t) {
+			t.Fatalf("interface %s: VIP on r1 %v, on r2 %v; want only on r1", c.iface, l.r1.hasVIP(t), l.r2.hasVIP(t))
+		}
+		if got := p.current(); got != "r1" {
+			t.Fatalf("interface %s: client answered by %q, want r1", c.iface, got)
+		}
+		if log := r1.log(); !strings.Contains(log, c.why) {
+			t.Errorf("the rejection of interface %s does not say %q:\n%s", c.iface, c.why, log)
+		}
 	}
 }
