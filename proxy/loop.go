@@ -415,6 +415,17 @@ func (l *loop) closeAll() {
 	}
 }
 
+// dropConnecting closes the clients still being connected that came
+// before generation gen (see Route.CloseSessions). A dial on its own
+// goroutine comes back to a closed session and is closed then.
+func (l *loop) dropConnecting(gen uint64) {
+	for _, s := range l.table {
+		if s != nil && s.state == stateConnecting && s.gen < gen {
+			l.closeSession(s)
+		}
+	}
+}
+
 // release frees the loop's descriptors when it ends.
 func (l *loop) release() {
 	for len(l.lns) > 0 {

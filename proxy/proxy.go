@@ -302,8 +302,13 @@ func (r *Route) Shutdown(ctx context.Context) error {
 // on, since the clients' packets now reach the other router.
 func (r *Route) CloseSessions() int {
 	r.mu.Lock()
-	r.gen.Add(1) // clients still being connected are dropped too
+	gen := r.gen.Add(1) // clients still being connected are dropped too
 	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
+	// A dial in progress could take connect_timeout to end: the loops
+	// drop those clients now.
+	for _, l := range r.loops {
+		l.post(func(l *loop) { l.dropConnecting(gen) })
+	}
 	r.mu.Unlock()
 	if n > 0 {
 		r.log.Warn("sessions closed", "sessions", n)

@@ -3,11 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -637,6 +640,58 @@ func TestCloseSessionsDuringDial(t *testing.T) {
 	if err := roundTrip(c2, "later"); err != nil {
 		t.Fatalf("a client after CloseSessions: %v", err)
 	}
+}
+
+// TestCloseSessionsDuringLoopDial: a client whose destination is being
+// dialed by the loop itself (here one that never answers the SYN) is
+// closed by CloseSessions at once, not when connect_timeout ends the
+// dial, and the destination is not marked down for a dial given up.
+func TestCloseSessionsDuringLoopDial(t *testing.T) {
+	hang := hangingAddr(t)
+	be := newBackend(t, named("b"))
+	rt := newRouting(t, routing.FirstAvailable, hang, be.addr())
+	p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: time.Minute}, rt, Options{})
+	c := dialProxy(t, p)
+	waitSynSent(t, hang, 1)
+	if n := p.CloseSessions(); n != 0 {
+		t.Fatalf("CloseSessions = %d, want 0 (the only client is still being connected)", n)
+	}
+	wantClosed(t, c) // within 10 s, against a minute of connect_timeout
+	waitSynSent(t, hang, 0)
+	if !rt.State()[0].Up {
+		t.Error("the destination whose dial was given up is marked down")
+	}
+}
+
+// waitSynSent waits until n sockets are connecting to addr (state
+// SYN_SENT in /proc/net/tcp).
+func waitSynSent(t *testing.T, addr string, n int) {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// /proc/net/tcp: "sl local rem st ...", rem as HEX_IP:HEX_PORT, the
+	// IP in host (little-endian) order; SYN_SENT is state 02.
+	a := ap.Addr().As4()
+	rem := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	var got int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = 0
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 3 && f[2] == rem && f[3] == "02" {
+				got++
+			}
+		}
+		if got == n {
+			return
+		}
+	}
+	t.Fatalf("%d sockets connecting to %s, want %d", got, addr, n)
 }
 
 // hangingAddr returns the address of a listener whose accept queue is
