@@ -102,8 +102,8 @@ func TestAdminToken(t *testing.T) {
 // TestAdminReload checks that a reload applies [admin] as it applies the
 // rest: a new token (or new contents of token_file) is required from the
 // next request on, a new address moves the endpoint, "off" closes it and
-// SIGHUP opens it again; an address in use or an unreadable token file
-// rejects the reload and the endpoint stays as it was.
+// SIGHUP opens it again; an address in use or an unreadable or empty
+// token file rejects the reload and the endpoint stays as it was.
 func TestAdminReload(t *testing.T) {
 	dead := freePorts(t, 4)
 	r := routeConfig{Name: "guarded", Port: dead[0], Mode: "read-write", Dests: []string{Addr(dead[1])}}
@@ -201,6 +201,12 @@ func TestAdminReload(t *testing.T) {
 		inUse.Admin = busy.Addr().String()
 		missing := cfg
 		missing.TokenFile = filepath.Join(t.TempDir(), "absent")
+		// An empty file would otherwise mean no token: no authentication.
+		empty := cfg
+		empty.Token, empty.TokenFile = "", filepath.Join(t.TempDir(), "empty")
+		if err := os.WriteFile(empty.TokenFile, []byte("\n \n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		for _, tc := range []struct {
 			name string
 			cfg  hamrConfig
@@ -208,6 +214,7 @@ func TestAdminReload(t *testing.T) {
 		}{
 			{"address in use", inUse, "address already in use"},
 			{"unreadable token file", missing, "token_file"},
+			{"empty token file", empty, "is empty"},
 		} {
 			before, err := h.metric("hamr_config_reload_failures_total")
 			if err != nil {
@@ -221,6 +228,7 @@ func TestAdminReload(t *testing.T) {
 				t.Errorf("%s: ctl output does not say %q:\n%s", tc.name, tc.says, out)
 			}
 			want(cfg.Admin, h.Token, http.StatusOK)
+			want(cfg.Admin, "", http.StatusUnauthorized)
 			if after, err := h.metric("hamr_config_reload_failures_total"); err != nil || after != before+1 {
 				t.Errorf("%s: hamr_config_reload_failures_total %v -> %v (%v); want +1", tc.name, before, after, err)
 			}

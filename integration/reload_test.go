@@ -179,6 +179,16 @@ func TestReloadWhileStopping(t *testing.T) {
 	if h.logContains(`route started" route=extra`) {
 		t.Errorf("a reload during the drain started a route:\n%s", h.log.tail(10))
 	}
+	// SIGHUP (systemctl reload) is refused too; it is not the second
+	// signal that would cut the drain short.
+	h.signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "the SIGHUP to be refused", func() (bool, error) {
+		return h.logContains("reload refused"), nil
+	})
+	if rs, err := h.route("rw"); err != nil || rs.Sessions != 1 || h.waitExit(0) {
+		t.Errorf("after a SIGHUP during the drain: %d sessions (%v), exited %v; want the session draining",
+			rs.Sessions, err, h.waitExit(0))
+	}
 	c.Close() // the last session ends, and with it the drain
 	release()
 	if !h.waitExit(10 * time.Second) {
@@ -186,5 +196,49 @@ func TestReloadWhileStopping(t *testing.T) {
 	}
 	if code := h.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("hamr exited with status %d after its drain, want 0:\n%s", code, h.log.tail(10))
+	}
+}
+
+// TestSecondSignalCutsRemovedRouteDrain: the sessions of a route that a
+// reload removed drain in the background; a second SIGTERM during the
+// stop closes them at once, as it does the others', rather than after
+// drain_timeout.
+func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
+	dest, release := holdServer(t)
+	defer release()
+	ports := freePorts(t, 2)
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
+	gone := routeConfig{Name: "gone", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
+	cfg := hamrConfig{Level: "tcp", Drain: time.Minute, Routes: []routeConfig{rw, gone}}
+	h := startHamr(t, cfg)
+	c, err := net.DialTimeout("tcp", Addr(gone.Port), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
+		rs, err := h.route("gone")
+		return err == nil && rs.Sessions == 1, err
+	})
+	cfg.Routes = []routeConfig{rw}
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+
+	h.signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "hamr to begin its stop", func() (bool, error) {
+		return h.logContains("shutting down"), nil
+	})
+	if h.waitExit(time.Second) {
+		t.Fatalf("hamr exited before the removed route's drain ended:\n%s", h.log.tail(10))
+	}
+	h.signal(syscall.SIGTERM)
+	if !h.waitExit(10 * time.Second) {
+		t.Fatalf("hamr still running 10s after the second signal (drain_timeout %v):\n%s", cfg.Drain, h.log.tail(10))
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("the removed route's session after the stop: read %d bytes, %v; want it closed", n, err)
 	}
 }

@@ -49,7 +49,9 @@ type daemon struct {
 	// admin API (stop holds mu for the whole drain).
 	view atomic.Pointer[view]
 
-	drains sync.WaitGroup // routes removed by a reload, still draining
+	drains    sync.WaitGroup     // routes removed by a reload, still draining
+	cutDrains context.CancelFunc // ends those drains: stop's own drain ended
+	drainCtx  context.Context    // cancelled by cutDrains
 
 	admin *endpoint // [admin]; its running state is guarded by mu
 
@@ -127,19 +129,22 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctx, cancel := context.WithCancel(context.Background())
+	drainCtx, cutDrains := context.WithCancel(context.Background())
 	d := &daemon{
-		log:    log,
-		level:  level,
-		reg:    reg,
-		pm:     proxy.NewMetrics(reg),
-		hm:     health.NewMetrics(reg),
-		vm:     vip.NewMetrics(reg),
-		m:      newDaemonMetrics(reg),
-		ctx:    ctx,
-		cancel: cancel,
-		routes: make(map[string]*route),
-		vrrps:  make(map[string]*vrrpInst),
-		live:   make(map[string][]string),
+		log:       log,
+		level:     level,
+		reg:       reg,
+		pm:        proxy.NewMetrics(reg),
+		hm:        health.NewMetrics(reg),
+		vm:        vip.NewMetrics(reg),
+		m:         newDaemonMetrics(reg),
+		ctx:       ctx,
+		cancel:    cancel,
+		drainCtx:  drainCtx,
+		cutDrains: cutDrains,
+		routes:    make(map[string]*route),
+		vrrps:     make(map[string]*vrrpInst),
+		live:      make(map[string][]string),
 	}
 	d.admin = &endpoint{log: log, handler: d.adminHandler}
 	d.view.Store(&view{})
@@ -469,7 +474,7 @@ func (d *daemon) removeRoute(name string) {
 	d.drains.Add(1)
 	go func() {
 		defer d.drains.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		ctx, cancel := context.WithTimeout(d.drainCtx, timeout)
 		defer cancel()
 		if err := r.px.Shutdown(ctx); err != nil {
 			d.log.Warn("route drained with sessions cut", "route", name, "err", err)
@@ -689,6 +694,8 @@ func (d *daemon) stop(ctx context.Context) {
 
 func (d *daemon) stopLocked(ctx context.Context) {
 	d.stopping.Store(true)
+	// Routes removed by a reload drain no longer than the stop does.
+	defer context.AfterFunc(ctx, d.cutDrains)()
 	// Sessions through a VIP this host gives up cannot finish: the
 	// clients' packets now reach the other router. Resigning closes those
 	// open or being connected (releasedVIPs); a cancelled drain also ends

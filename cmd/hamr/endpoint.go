@@ -132,5 +132,10 @@ func adminToken(a conf.Admin) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("admin.token_file: %w", err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	// An empty file must not turn authentication off.
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("admin.token_file: %s is empty", a.TokenFile)
+	}
+	return t, nil
 }

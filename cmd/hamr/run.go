@@ -68,15 +68,24 @@ func cmdRun(args []string, stderr io.Writer) int {
 		break
 	}
 
-	// A second signal cuts the drain short.
+	// A second SIGTERM or SIGINT cuts the drain short; a SIGHUP (say,
+	// systemctl reload during the stop) is refused, as ctl reload is.
 	ctx, cancel := context.WithTimeout(context.Background(), d.drainTimeout())
 	defer cancel()
 	go func() {
-		select {
-		case <-sigs:
-			log.Warn("second signal: closing remaining sessions now")
-			cancel()
-		case <-ctx.Done():
+		for {
+			select {
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					log.Warn("reload refused", "err", errShuttingDown)
+					continue
+				}
+				log.Warn("second signal: closing remaining sessions now", "signal", sig.String())
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	d.stop(ctx)
