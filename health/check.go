@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"syscall"
@@ -294,12 +295,19 @@ func queryBool(mc *client.Conn, q string) (bool, error) {
 	if res.Resultset == nil || res.RowNumber() != 1 {
 		return false, fmt.Errorf("%s: want one row", q)
 	}
+	// NULL would read as 0, a writable server: fail closed instead.
+	if null, err := res.IsNull(0, 0); err != nil || null {
+		return false, fmt.Errorf("%s: want an integer, got NULL", q)
+	}
 	v, err := res.GetInt(0, 0)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", q, err)
 	}
 	return v != 0, nil
 }
+
+// maxLag is the largest Seconds_Behind_Source taken for a lag.
+const maxLag = math.MaxInt32 * time.Second
 
 // replicas runs SHOW REPLICA STATUS, or SHOW SLAVE STATUS on servers that
 // predate it, and returns one replica per replication channel.
@@ -334,11 +342,16 @@ func replicas(mc *client.Conn) ([]replica, error) {
 			return nil, fmt.Errorf("column %s: %w", name, err)
 		}
 		if !null {
-			s, err := res.GetIntByName(i, name)
+			s, err := res.GetUintByName(i, name)
 			if err != nil {
 				return nil, fmt.Errorf("column %s: %w", name, err)
 			}
-			rep.lag, rep.lagKnown = time.Duration(s)*time.Second, true
+			// Servers have reported 2^64-1 for broken replication; a
+			// value past maxLag cannot be a real lag either. Both are
+			// unknown, never "no lag".
+			if s <= uint64(maxLag/time.Second) {
+				rep.lag, rep.lagKnown = time.Duration(s)*time.Second, true
+			}
 		}
 		reps = append(reps, rep)
 	}

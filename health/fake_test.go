@@ -16,12 +16,13 @@ import (
 // fakeReplica is one row of the fake's SHOW REPLICA STATUS.
 type fakeReplica struct {
 	io, sql string
-	lag     any // int64 seconds, or nil for NULL
+	lag     any // int64 seconds (uint64: an unsigned column), or nil for NULL
 }
 
 // fakeState is what the fake MySQL server answers.
 type fakeState struct {
 	readOnly      bool
+	readOnlyNull  bool  // @@read_only answers NULL
 	superReadOnly *bool // nil: unknown variable, as on MariaDB
 	legacy        bool  // SHOW REPLICA STATUS is a syntax error; Slave_* columns
 	replicas      []fakeReplica
@@ -149,6 +150,9 @@ func (h fakeHandler) HandleQuery(q string) (*mysql.Result, error) {
 	h.f.mu.Unlock()
 	switch strings.ToUpper(q) {
 	case strings.ToUpper(queryReadOnly):
+		if st.readOnlyNull {
+			return textResult([]string{q}, []byte{mysql.MYSQL_TYPE_LONGLONG}, [][]any{{nil}})
+		}
 		return oneInt(q, st.readOnly)
 	case strings.ToUpper(querySuperReadOnly):
 		if st.superReadOnly == nil {
@@ -180,7 +184,13 @@ func replicaStatus(st fakeState, names []string) (*mysql.Result, error) {
 		rows = append(rows, []any{r.io, r.sql, r.lag})
 	}
 	types := []byte{mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_LONGLONG}
-	return textResult(names, types, rows)
+	res, err := textResult(names, types, rows)
+	for _, r := range st.replicas {
+		if _, ok := r.lag.(uint64); ok && err == nil { // sent as an unsigned column
+			res.Fields[2].Flag |= mysql.UNSIGNED_FLAG
+		}
+	}
+	return res, err
 }
 
 // textResult builds a text-protocol result set. It does not use

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -155,6 +156,8 @@ func TestLevels(t *testing.T) {
 			reason: "read_only is ON", role: RoleReplica, readOnly: true, lag: 3 * time.Second, lagKnown: true},
 		{name: "writer super_read_only", cfg: Config{Level: LevelRole, User: "mon", Writer: true},
 			state: fakeState{superReadOnly: boolp(true)}, reason: "super_read_only is ON", role: RoleReadOnly, readOnly: true},
+		{name: "writer read_only NULL", cfg: Config{Level: LevelRole, User: "mon", Writer: true},
+			state: fakeState{readOnlyNull: true}, reason: "query: ", role: RoleUnknown},
 		{name: "writer mysql writable", cfg: Config{Level: LevelRole, User: "mon", Writer: true},
 			state: fakeState{superReadOnly: boolp(false)}, up: true, reason: "ok", role: RolePrimary},
 
@@ -173,6 +176,12 @@ func TestLevels(t *testing.T) {
 			up:    true, reason: "ok", role: RoleReplica, readOnly: true, lag: 5000 * time.Second, lagKnown: true},
 		{name: "reader lag NULL", cfg: Config{Level: LevelRole, User: "mon", MaxLag: 10 * time.Second},
 			state:  fakeState{readOnly: true, replicas: []fakeReplica{{io: "Yes", sql: "Yes", lag: nil}}},
+			reason: "lag unknown", role: RoleReplica, readOnly: true},
+		{name: "reader lag 2^64-1", cfg: Config{Level: LevelRole, User: "mon", MaxLag: 10 * time.Second},
+			state:  fakeState{readOnly: true, replicas: []fakeReplica{{io: "Yes", sql: "Yes", lag: uint64(math.MaxUint64)}}},
+			reason: "lag unknown", role: RoleReplica, readOnly: true},
+		{name: "reader lag negative", cfg: Config{Level: LevelRole, User: "mon", MaxLag: 10 * time.Second},
+			state:  fakeState{readOnly: true, replicas: []fakeReplica{{io: "Yes", sql: "Yes", lag: int64(-1)}}},
 			reason: "lag unknown", role: RoleReplica, readOnly: true},
 		{name: "reader lag NULL not checked", cfg: Config{Level: LevelRole, User: "mon"},
 			state: fakeState{readOnly: true, replicas: []fakeReplica{{io: "Yes", sql: "Yes", lag: nil}}},

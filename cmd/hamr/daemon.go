@@ -78,8 +78,11 @@ type route struct {
 	fallback *route      // the route rt falls back to, or nil
 	cfg      *conf.Route // guarded by daemon.mu
 
-	cancel context.CancelFunc // stops the checkers and the split-brain watch
-	wg     sync.WaitGroup
+	cancel  context.CancelFunc // stops the checkers and the split-brain watch
+	wg      sync.WaitGroup
+	removed atomic.Bool // removeRoute ran: the fallback's watcher does nothing
+
+	changeMu sync.Mutex // serialises routeChanged, so that the last call publishes the latest state
 
 	mu         sync.Mutex
 	checkers   []*health.Checker
@@ -390,6 +393,16 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		OnDialError: r.dialFailed,
 	})
 	rt.Watch(func() { d.routeChanged(r) })
+	if r.fallback != nil {
+		// r's availability also depends on its fallback's primary. A
+		// routing.Route keeps its watchers: this one outlives r if the
+		// fallback stays and r goes.
+		r.fallback.rt.Watch(func() {
+			if !r.removed.Load() {
+				d.routeChanged(r)
+			}
+		})
+	}
 	if err := r.px.Start(); err != nil {
 		d.liveMu.Lock()
 		delete(d.live, rc.Name)
@@ -465,6 +478,7 @@ func (d *daemon) restartChecks(r *route, rc *conf.Route) {
 func (d *daemon) removeRoute(name string) {
 	r := d.routes[name]
 	delete(d.routes, name)
+	r.removed.Store(true)
 	r.cancel()
 	r.px.StopAccepting() // now, so that a replacement can bind the port
 	d.liveMu.Lock()
@@ -518,9 +532,14 @@ func (r *route) dialFailed(p routing.Pick, err error) {
 	}
 }
 
-// routeChanged runs after every state change of a route: it logs and
-// counts primary moves and updates VRRP tracking.
+// routeChanged runs after every state change of a route, or of the route
+// it falls back to: it logs and counts primary moves and updates VRRP
+// tracking.
 func (d *daemon) routeChanged(r *route) {
+	// Watchers may run concurrently: without this, an older call could
+	// publish its state after a newer one.
+	r.changeMu.Lock()
+	defer r.changeMu.Unlock()
 	p := r.rt.Primary()
 	r.mu.Lock()
 	old := r.primary

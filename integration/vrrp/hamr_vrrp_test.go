@@ -2,7 +2,9 @@ package vrrp
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -272,4 +274,60 @@ func TestHamrReloadBadInterface(t *testing.T) {
 			t.Errorf("the rejection of interface %s does not say %q:\n%s", c.iface, c.why, log)
 		}
 	}
+}
+
+// TestHamrTrackFallbackRoute: a tracked read-only route whose own
+// destination is down serves through its fallback, and is as healthy as
+// that fallback's primary. When the read-write route's database goes
+// away the instance enters FAULT (hamr used to miss the change, since it
+// happened on the other route), and it comes back when the database does.
+func TestHamrTrackFallbackRoute(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	h := l.r1
+	const db = "127.0.0.1:9101" // the read-write route's database, on h's loopback
+	serve := func() (stop func()) {
+		var ln net.Listener
+		if err := h.do(func() (err error) { ln, err = net.Listen("tcp", db); return err }); err != nil {
+			t.Fatalf("database listener: %v", err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		return func() { ln.Close(); <-done }
+	}
+	stop := serve()
+	defer func() { stop() }()
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
+	b.WriteString("[health]\nlevel = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n")
+	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
+	fmt.Fprintf(&b, "advert_int = %q\ntrack_routes = [\"ro\"]\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
+	fmt.Fprintf(&b, "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [%q]\n\n", db)
+	b.WriteString("[routing.ro]\nbind_port = 7002\nmode = \"read-only\"\ndestinations = [\"127.0.0.1:9\"]\nfallback = \"rw\"\n")
+	path := filepath.Join(l.dir, "fallback.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := l.start("hamr", h, "hamr-fallback", hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+
+	r.waitState("MASTER", startTimeout(fast))
+	stop()
+	r.waitState("FAULT", 10*time.Second)
+	if l.r1.hasVIP(t) {
+		t.Error("the VIP stayed on r1 in FAULT")
+	}
+	stop = serve()
+	r.waitState("MASTER", startTimeout(fast))
 }
