@@ -144,6 +144,21 @@ bind_port = 7002
 mode = "read-write"
 destinations = ["10.0.0.2:3306"]
 `, []string{`9 routing.b.bind_port: 0.0.0.0:7001 is also bound by routing.rw`}},
+		{"float and huge integers", "[health]\nrise = 2.0\nfall = 3000000000\n" + route,
+			[]string{`2 health.rise: 2.0 is a float (an integer 1 or more)`,
+				`3 health.fall: 3000000000 is too large (1-2147483647)`}},
+		{"admin port", "[admin]\naddress = \":7001\"\n" + route + `
+[routing.b]
+bind_port = 8081
+mode = "read-write"
+destinations = ["10.0.0.2:3306"]
+`, []string{`5 routing.rw.bind_port: 127.0.0.1:7001 is also the admin endpoint's ([admin] address = ":7001"`}},
+		{"default admin port", route + `
+[routing.b]
+bind_port = 8081
+mode = "read-write"
+destinations = ["10.0.0.2:3306"]
+`, []string{`8 routing.b.bind_port: 127.0.0.1:8081 is also the admin endpoint's ([admin] address = "127.0.0.1:8081"`}},
 		{"mode and strategy", `[routing.rw]
 bind_port = 7001
 mode = "readwrite"

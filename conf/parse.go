@@ -325,6 +325,12 @@ func show(v any) string {
 		return s
 	case map[string]any, []map[string]any, nil:
 		return kind(v)
+	case float64:
+		s := strconv.FormatFloat(v, 'g', -1, 64)
+		if !strings.ContainsAny(s, ".eEnN") { // 2.0 must not read as 2
+			s += ".0"
+		}
+		return s
 	}
 	return fmt.Sprint(v)
 }
@@ -436,6 +442,8 @@ func (t *table) integer(key string, lo, hi int64, noun string) (int, bool) {
 		t.errorf(key, "%d is not %s (%s)", v, noun, rangeText(lo, hi))
 	case v < lo:
 		t.errorf(key, "%d is too small (%s)", v, rangeText(lo, hi))
+	case hi == maxInt:
+		t.errorf(key, "%d is too large (%d-%d)", v, lo, hi)
 	default:
 		t.errorf(key, "%d is too large (%s)", v, rangeText(lo, hi))
 	}

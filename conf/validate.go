@@ -2,8 +2,10 @@ package conf
 
 import (
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -35,6 +37,7 @@ func (d *decoder) validate(c *Config) {
 		d.checkUser(d.healthT[r], d.sections["health"], r.Health)
 	}
 	d.checkBinds(c.Routes)
+	d.checkAdminBind(c.Admin, c.Routes)
 
 	type slot struct {
 		iface string
@@ -154,6 +157,29 @@ func (d *decoder) checkBinds(routes []*Route) {
 			}
 		}
 		seen = append(seen, r)
+	}
+}
+
+// checkAdminBind reports a route on the admin endpoint's port: hamr
+// could not start. An admin host given by name is not compared.
+func (d *decoder) checkAdminBind(a Admin, routes []*Route) {
+	host, port, err := net.SplitHostPort(a.Address)
+	if err != nil {
+		return // "off", or already reported
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	p, err := strconv.Atoi(port)
+	if _, aerr := netip.ParseAddr(host); aerr != nil || err != nil {
+		return
+	}
+	admin := &Route{BindAddress: host, BindPort: p}
+	for _, r := range byLine(routes, d.routeT) {
+		if r.BindPort != 0 && admin.SharesPort(r) {
+			d.routeT[r].errorf("bind_port", "%s:%d is also the admin endpoint's ([admin] address = %q; a different port or address)",
+				r.BindAddress, r.BindPort, a.Address)
+		}
 	}
 }
 

@@ -195,7 +195,11 @@ func (c *Checker) Status() Status {
 // the next. Run returns when ctx is done and the check in progress, which
 // ctx cancels, has ended. Call Run at most once.
 func (c *Checker) Run(ctx context.Context) {
-	t := time.NewTicker(c.cfg.Interval)
+	every := c.cfg.Interval
+	if every <= 0 { // an invalid Config: its checks fail, at the default pace
+		every = DefaultInterval
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		c.checkOnce(ctx)

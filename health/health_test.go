@@ -331,12 +331,21 @@ func TestConfigErrors(t *testing.T) {
 		{Config{Addr: "db:3306", Level: LevelRole}, "config: level role needs a user"},
 		{Config{Addr: "db:3306", Rise: -1}, "config: rise -1 is negative"},
 		{Config{Addr: "db:3306", Timeout: -time.Second}, "config: timeout -1s is negative"},
+		{Config{Addr: "db:3306", Interval: -time.Second}, "config: interval -1s is negative"},
 	} {
 		if err := tt.cfg.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil", tt.cfg)
 		}
+		// Run, as the daemon does: it must check (and fail), not panic.
 		c := NewChecker(tt.cfg, Options{})
-		c.checkOnce(context.Background())
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(ctx) }()
+		for deadline := time.Now().Add(5 * time.Second); c.Status().Checked.IsZero() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+		<-done
 		if st := c.Status(); st.Up || !strings.HasPrefix(st.Reason, tt.want) {
 			t.Errorf("%+v: status = %+v, want reason %q…", tt.cfg, st, tt.want)
 		}

@@ -76,4 +76,9 @@ func TestFailover(t *testing.T) {
 	if r, err := h.route("rw"); err != nil || r.Primary != topo.Addr(0) {
 		t.Errorf("after reset-primary: /status rw primary = %q (%v), want %s", r.Primary, err, topo.Addr(0))
 	}
+	// A read-only route has no primary; ctl says so, not "no destination
+	// is up", while its replicas serve.
+	if out, err := h.ctl("reset-primary", "ro"); err != nil || !strings.Contains(out, "is read-only: it has no primary") {
+		t.Errorf("hamr ctl reset-primary ro: %v; want it to say the route has no primary:\n%s", err, out)
+	}
 }

@@ -120,7 +120,8 @@ func (d *daemon) status() Status {
 
 // resetPrimary is the operator command that moves a route's primary back
 // to the first available destination in list order.
-func (d *daemon) resetPrimary(name string) (moved bool, primary string, ok bool) {
+// A read-only route has no primary: its rotation starts again.
+func (d *daemon) resetPrimary(name string) (moved bool, primary string, readOnly, ok bool) {
 	var r *route
 	for _, rv := range d.view.Load().routes {
 		if rv.r.name == name {
@@ -128,14 +129,14 @@ func (d *daemon) resetPrimary(name string) (moved bool, primary string, ok bool)
 		}
 	}
 	if r == nil {
-		return false, "", false
+		return false, "", false, false
 	}
 	moved = r.rt.Reset()
 	if p := r.rt.Primary(); p >= 0 {
 		primary = r.dests[p]
 	}
 	d.log.Info("reset-primary", "route", name, "moved", moved, "primary", primary)
-	return moved, primary, true
+	return moved, primary, r.readOnly, true
 }
 
 // adminHandler serves the admin API. token returns the bearer token that
@@ -148,12 +149,16 @@ func (d *daemon) adminHandler(token func() string) http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	reset := func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("route")
-		moved, primary, ok := d.resetPrimary(name)
+		moved, primary, readOnly, ok := d.resetPrimary(name)
 		if !ok {
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no route named " + name})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"route": name, "moved": moved, "primary": primary})
+		res := map[string]any{"route": name, "moved": moved, "primary": primary}
+		if readOnly {
+			res["result"] = "route " + name + " is read-only: it has no primary; its round-robin starts again at the first destination"
+		}
+		writeJSON(w, http.StatusOK, res)
 	}
 	mux.HandleFunc("POST /routes/{route}/reset-primary", reset)
 	mux.HandleFunc("POST /routes/{route}/reset", reset) // DESIGN.md's short form
