@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,7 +87,7 @@ func (c *Checker) check(parent context.Context) result {
 		}
 		// Run's ctx may end before the deadline: abort blocked I/O then.
 		stop = context.AfterFunc(ctx, func() { nc.SetDeadline(past) })
-		return nc, nil
+		return &limitedConn{Conn: nc, left: maxCheckBytes}, nil
 	}
 
 	r := c.probe(ctx, dial)
@@ -161,7 +162,7 @@ func connect(ctx context.Context, cfg Config, dial client.Dialer) (mc *client.Co
 			mc, err = nil, fmt.Errorf("%w: %v", errClientPanic, p)
 		}
 	}()
-	return client.ConnectWithDialer(ctx, "tcp", cfg.Addr, cfg.User, cfg.Password, "", dial)
+	return client.ConnectWithDialer(ctx, "tcp", cfg.Addr, cfg.User, cfg.Password, "", dial, noEOFDeprecation)
 }
 
 // safeRole is role, with a panic of the client while it reads the server's
@@ -266,7 +267,7 @@ func judgeReader(readOnly bool, reps []replica, maxLag time.Duration) result {
 	case len(reps) == 0 || maxLag <= 0:
 	case !r.lagKnown:
 		r.ok, r.class = false, classLag
-		r.reason = "lag unknown (Seconds_Behind_Master is NULL)"
+		r.reason = "lag unknown (Seconds_Behind_Master is NULL or out of range)"
 	case r.lag > maxLag:
 		r.ok, r.class = false, classLag
 		r.reason = fmt.Sprintf("lag %v > %v", r.lag, maxLag)
@@ -287,23 +288,23 @@ func threadState(s string) string {
 // queryBool runs a query returning one integer and reports whether it is
 // non-zero.
 func queryBool(mc *client.Conn, q string) (bool, error) {
-	res, err := mc.Execute(q)
+	rs, err := query(mc, q)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", q, err)
 	}
-	defer res.Close()
-	if res.Resultset == nil || res.RowNumber() != 1 {
-		return false, fmt.Errorf("%s: want one row", q)
+	if len(rs.rows) != 1 {
+		return false, fmt.Errorf("%s: %d rows, want one", q, len(rs.rows))
 	}
 	// NULL would read as 0, a writable server: fail closed instead.
-	if null, err := res.IsNull(0, 0); err != nil || null {
+	v := rs.rows[0][0]
+	if v == nil {
 		return false, fmt.Errorf("%s: want an integer, got NULL", q)
 	}
-	v, err := res.GetInt(0, 0)
+	n, err := strconv.ParseInt(string(v), 10, 64)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", q, err)
+		return false, fmt.Errorf("%s: want an integer, got %.20q", q, v)
 	}
-	return v != 0, nil
+	return n != 0, nil
 }
 
 // maxLag is the largest Seconds_Behind_Source taken for a lag.
@@ -312,60 +313,39 @@ const maxLag = math.MaxInt32 * time.Second
 // replicas runs SHOW REPLICA STATUS, or SHOW SLAVE STATUS on servers that
 // predate it, and returns one replica per replication channel.
 func replicas(mc *client.Conn) ([]replica, error) {
-	res, err := mc.Execute(queryReplicaStatus)
+	rs, err := query(mc, queryReplicaStatus)
 	var me *mysql.MyError
 	if errors.As(err, &me) && me.Code == erParseError {
-		res, err = mc.Execute(queryReplicaStatusLegacy)
+		rs, err = query(mc, queryReplicaStatusLegacy)
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer res.Close()
-	if res.Resultset == nil {
+	io := rs.index("Replica_IO_Running", "Slave_IO_Running")
+	sql := rs.index("Replica_SQL_Running", "Slave_SQL_Running")
+	lag := rs.index("Seconds_Behind_Source", "Seconds_Behind_Master")
+	switch {
+	case len(rs.rows) == 0:
 		return nil, nil
+	case io < 0:
+		return nil, errors.New("no column Replica_IO_Running")
+	case sql < 0:
+		return nil, errors.New("no column Replica_SQL_Running")
+	case lag < 0:
+		return nil, errors.New("no column Seconds_Behind_Source")
 	}
 	var reps []replica
-	for i := range res.RowNumber() {
-		var rep replica
-		if rep.io, err = column(res, i, "Replica_IO_Running", "Slave_IO_Running"); err != nil {
-			return nil, err
-		}
-		if rep.sql, err = column(res, i, "Replica_SQL_Running", "Slave_SQL_Running"); err != nil {
-			return nil, err
-		}
-		name := "Seconds_Behind_Source"
-		if _, err := res.NameIndex(name); err != nil {
-			name = "Seconds_Behind_Master"
-		}
-		null, err := res.IsNullByName(i, name)
-		if err != nil {
-			return nil, fmt.Errorf("column %s: %w", name, err)
-		}
-		if !null {
-			s, err := res.GetUintByName(i, name)
-			if err != nil {
-				return nil, fmt.Errorf("column %s: %w", name, err)
-			}
-			// Servers have reported 2^64-1 for broken replication; a
-			// value past maxLag cannot be a real lag either. Both are
-			// unknown, never "no lag".
-			if s <= uint64(maxLag/time.Second) {
-				rep.lag, rep.lagKnown = time.Duration(s)*time.Second, true
-			}
+	for _, row := range rs.rows {
+		rep := replica{io: string(row[io]), sql: string(row[sql])}
+		// NULL while a thread is stopped. Servers have reported 2^64-1
+		// for broken replication; that, a negative value or one past
+		// maxLag cannot be a real lag: unknown, never "no lag".
+		if s, err := strconv.ParseUint(string(row[lag]), 10, 64); row[lag] != nil && err == nil && s <= uint64(maxLag/time.Second) {
+			rep.lag, rep.lagKnown = time.Duration(s)*time.Second, true
 		}
 		reps = append(reps, rep)
 	}
 	return reps, nil
-}
-
-// column returns the string in row i of the first of names present in res.
-func column(res *mysql.Result, i int, names ...string) (string, error) {
-	for _, n := range names {
-		if _, err := res.NameIndex(n); err == nil {
-			return res.GetStringByName(i, n)
-		}
-	}
-	return "", fmt.Errorf("no column %s", names[0])
 }
 
 // describe returns err's text without the wrappers' prefixes: the server's
