@@ -50,6 +50,7 @@ type routeConfig struct {
 	Mode  string // read-write or read-only
 	Dests []string
 	Extra string // extra lines for the section, e.g. `max_connections = 2`
+	Bind  string // bind_address; 127.0.0.1 if empty
 }
 
 func (c hamrConfig) TOML() string {
@@ -82,8 +83,12 @@ func (c hamrConfig) TOML() string {
 		for i, d := range r.Dests {
 			dests[i] = strconv.Quote(d)
 		}
-		fmt.Fprintf(&b, "[routing.%s]\nbind_address = \"127.0.0.1\"\nbind_port = %d\nmode = %q\ndestinations = [%s]\nconnect_timeout = \"1s\"\n%s\n",
-			r.Name, r.Port, r.Mode, strings.Join(dests, ", "), r.Extra)
+		bind := r.Bind
+		if bind == "" {
+			bind = "127.0.0.1"
+		}
+		fmt.Fprintf(&b, "[routing.%s]\nbind_address = %q\nbind_port = %d\nmode = %q\ndestinations = [%s]\nconnect_timeout = \"1s\"\n%s\n",
+			r.Name, bind, r.Port, r.Mode, strings.Join(dests, ", "), r.Extra)
 	}
 	return b.String()
 }

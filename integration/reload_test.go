@@ -86,6 +86,26 @@ func TestReload(t *testing.T) {
 		}
 	})
 
+	t.Run("ctl reload to 0.0.0.0 beside another listener keeps the old config", func(t *testing.T) {
+		// Another process holds ro's port on another loopback address:
+		// 0.0.0.0 would collide with it, though ro's own 127.0.0.1 does not.
+		taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", ro.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		ro2 := ro
+		ro2.Bind = "0.0.0.0"
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2}})
+		out, err := h.ctl("reload")
+		if err == nil || !strings.Contains(out, "route ro") || !strings.Contains(out, taken.Addr().String()+" is listening") {
+			t.Errorf("reload to 0.0.0.0: %v; want it rejected, naming route ro and the other listener:\n%s", err, out)
+		}
+		if got := mustPortVia(t, roAddr); got != p1 && got != p2 {
+			t.Errorf("ro after a rejected reload reaches %d, want a replica on its old port", got)
+		}
+	})
+
 	t.Run("ctl reload adds and changes routes", func(t *testing.T) {
 		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 		ro2 := ro

@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,6 +122,96 @@ func CheckListen(addr string) error {
 	}
 	ln.close()
 	return nil
+}
+
+// CheckListenBeside is CheckListen for an address whose port hamr itself
+// listens on now, at ours (which a reload frees before it binds addr):
+// it cannot bind a probe, so it looks for a listener of another process
+// on the port that addr would collide with, such as 127.0.0.2:P when
+// addr is 0.0.0.0:P.
+func CheckListenBeside(addr string, ours []string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	mine := make(map[netip.Addr]bool)
+	for _, o := range ours {
+		if op, err := netip.ParseAddrPort(o); err == nil {
+			mine[op.Addr().Unmap()] = true
+		}
+	}
+	have, err := listeners(ap.Port())
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	a := ap.Addr().Unmap()
+	for _, l := range have {
+		if !mine[l] && collide(a, l) {
+			return fmt.Errorf("listen %s: %w (%s is listening)", addr, unix.EADDRINUSE,
+				netip.AddrPortFrom(l, ap.Port()))
+		}
+	}
+	return nil
+}
+
+// collide reports whether listeners on a and b, same port, cannot both
+// bind: the same address, or either the wildcard of the other's family
+// ([::] takes IPv4 too, as hamr binds it).
+func collide(a, b netip.Addr) bool {
+	switch {
+	case a == b:
+		return true
+	case a.IsUnspecified() && (a.Is6() || b.Is4()):
+		return true
+	case b.IsUnspecified() && (b.Is6() || a.Is4()):
+		return true
+	}
+	return false
+}
+
+// listeners returns the addresses of the TCP sockets listening on port in
+// this network namespace (/proc/net/tcp and tcp6), IPv4-mapped ones
+// unmapped.
+func listeners(port uint16) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(file)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // no IPv6
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st ...; LISTEN is 0A.
+			f := strings.Fields(line)
+			if len(f) < 4 || f[3] != "0A" {
+				continue
+			}
+			host, p, ok := strings.Cut(f[1], ":")
+			if n, err := strconv.ParseUint(p, 16, 16); !ok || err != nil || uint16(n) != port {
+				continue
+			}
+			if a, ok := procAddr(host); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// procAddr decodes an address of /proc/net/tcp{,6}: 32-bit words of the
+// address in memory, each printed as a host-order number.
+func procAddr(h string) (netip.Addr, bool) {
+	raw, err := hex.DecodeString(h)
+	if err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return netip.Addr{}, false
+	}
+	for i := 0; i < len(raw); i += 4 {
+		binary.NativeEndian.PutUint32(raw[i:], binary.BigEndian.Uint32(raw[i:]))
+	}
+	a, _ := netip.AddrFromSlice(raw)
+	return a, true
 }
 
 // sockaddr converts ap to a socket address and its family.

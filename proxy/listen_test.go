@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +55,44 @@ func TestSocketOptions(t *testing.T) {
 			if v != o.want {
 				t.Errorf("%s socket: %s = %d, want %d", fd.name, o.name, v, o.want)
 			}
+		}
+	}
+}
+
+// TestCheckListenBeside: on a port hamr holds at ours, a new address is
+// refused only for another listener it would collide with.
+func TestCheckListenBeside(t *testing.T) {
+	mine, err := listenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.close()
+	_, port, _ := net.SplitHostPort(mine.addr)
+	ours := []string{mine.addr}
+	if err := CheckListenBeside("0.0.0.0:"+port, ours); err != nil {
+		t.Fatalf("0.0.0.0:%s beside only our own listener: %v", port, err)
+	}
+	other, err := net.Listen("tcp", "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, tt := range []struct {
+		addr string
+		busy bool
+	}{
+		{"0.0.0.0:" + port, true},
+		{"[::]:" + port, true},
+		{"127.0.0.2:" + port, true},
+		{"127.0.0.1:" + port, false}, // our own address: freed first
+		{"127.0.0.3:" + port, false},
+	} {
+		err := CheckListenBeside(tt.addr, ours)
+		if tt.busy && (err == nil || !strings.Contains(err.Error(), "127.0.0.2:"+port+" is listening")) {
+			t.Errorf("%s with 127.0.0.2:%s listening: %v; want refused, naming it", tt.addr, port, err)
+		}
+		if !tt.busy && err != nil {
+			t.Errorf("%s: %v; want no collision", tt.addr, err)
 		}
 	}
 }

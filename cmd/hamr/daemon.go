@@ -236,19 +236,24 @@ func (d *daemon) reload() error {
 // preflight checks that what a reload to cfg starts can start, so that
 // it does not stop a route or a VRRP instance that could not come back.
 // It tries the address of each route that shares its port with no
-// running route (a shared port is kept by the reload, or freed before
-// the new route binds), and checks each VRRP instance that is new or
-// changed against the host.
+// running route; on a port a running route holds (kept by the reload, or
+// freed before the new route binds) it looks for another process's
+// listener in the way instead. It checks each VRRP instance that is new
+// or changed against the host.
 func (d *daemon) preflight(cfg *conf.Config) error {
 	var errs []error
-next:
 	for _, rc := range cfg.Routes {
+		var ours []string
 		for _, r := range d.routes {
 			if r.cfg.SharesPort(rc) {
-				continue next
+				ours = append(ours, r.px.Addr())
 			}
 		}
-		if err := proxy.CheckListen(rc.Addr()); err != nil {
+		check := proxy.CheckListen
+		if len(ours) > 0 {
+			check = func(addr string) error { return proxy.CheckListenBeside(addr, ours) }
+		}
+		if err := check(rc.Addr()); err != nil {
 			errs = append(errs, fmt.Errorf("route %s: %w", rc.Name, err))
 		}
 	}
