@@ -135,6 +135,11 @@ type Options struct {
 	// that takes over a destination already known to be down (a reload
 	// that changed the health settings).
 	StartDown bool
+	// Resume makes the initial state count as established, as for a
+	// checker that has been running: the first check no longer decides
+	// at once, and a change needs Rise good or Fall failed checks in a
+	// row. For a checker that takes over from another.
+	Resume bool
 	// OnChange is called on every up/down transition, and once after the
 	// first check if that differs from the initial state. Calls are made
 	// without the Checker's lock held, one at a time and in the order of the
@@ -173,11 +178,12 @@ func NewChecker(cfg Config, opts Options) *Checker {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Checker{
-		cfg:  cfg,
-		err:  cfg.Validate(),
-		opts: opts,
-		log:  opts.Logger.With("route", opts.Route, "destination", cfg.Addr),
-		st:   Status{Up: !opts.StartDown, Reason: "not checked yet", Role: RoleUnknown},
+		cfg:     cfg,
+		err:     cfg.Validate(),
+		opts:    opts,
+		log:     opts.Logger.With("route", opts.Route, "destination", cfg.Addr),
+		st:      Status{Up: !opts.StartDown, Reason: "not checked yet", Role: RoleUnknown},
+		checked: opts.Resume,
 	}
 	opts.Metrics.setUp(opts.Route, cfg.Addr, !opts.StartDown)
 	return c

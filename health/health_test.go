@@ -67,18 +67,24 @@ func TestHysteresis(t *testing.T) {
 		steps      string
 		want       string // "u" up, "d" down after each step
 		calls      []bool
+		down       bool // Options.StartDown
+		resume     bool // Options.Resume
 	}{
-		{"first good changes nothing", 2, 2, "+", "u", nil},
-		{"first bad applies at once", 3, 3, "-", "d", []bool{false}},
-		{"fall 2", 2, 2, "+-+--", "uuuud", []bool{false}},
-		{"rise 2", 2, 2, "-+-++", "ddddu", []bool{false, true}},
-		{"rise 3 fall 1", 3, 1, "+-++++", "uddduu", []bool{false, true}},
-		{"rise 1 fall 1 flips", 1, 1, "+-+-", "udud", []bool{false, true, false}},
-		{"passive then rise", 2, 2, "+p++", "uddu", []bool{false, true}},
-		{"passive resets rise", 2, 2, "-+p++", "ddddu", []bool{false, true}},
-		{"passive before first check", 2, 2, "p++", "ddu", []bool{false, true}},
-		{"passive while down", 2, 2, "--p+", "dddd", []bool{false}},
-		{"good after passive then bad", 2, 3, "p+-++", "ddddu", []bool{false, true}},
+		{"first good changes nothing", 2, 2, "+", "u", nil, false, false},
+		{"first bad applies at once", 3, 3, "-", "d", []bool{false}, false, false},
+		{"fall 2", 2, 2, "+-+--", "uuuud", []bool{false}, false, false},
+		{"rise 2", 2, 2, "-+-++", "ddddu", []bool{false, true}, false, false},
+		{"rise 3 fall 1", 3, 1, "+-++++", "uddduu", []bool{false, true}, false, false},
+		{"rise 1 fall 1 flips", 1, 1, "+-+-", "udud", []bool{false, true, false}, false, false},
+		{"passive then rise", 2, 2, "+p++", "uddu", []bool{false, true}, false, false},
+		{"passive resets rise", 2, 2, "-+p++", "ddddu", []bool{false, true}, false, false},
+		{"passive before first check", 2, 2, "p++", "ddu", []bool{false, true}, false, false},
+		{"passive while down", 2, 2, "--p+", "dddd", []bool{false}, false, false},
+		{"good after passive then bad", 2, 3, "p+-++", "ddddu", []bool{false, true}, false, false},
+		// A checker taking over (a reload) keeps the hysteresis.
+		{"resume up: fall applies", 2, 3, "--+---", "uuuuud", []bool{false}, false, true},
+		{"resume down: rise applies", 3, 2, "++-+++", "dddddu", []bool{true}, true, true},
+		{"start down without resume", 3, 2, "+", "u", []bool{true}, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,7 +92,8 @@ func TestHysteresis(t *testing.T) {
 				t.Fatalf("bad case: %d steps, %d wants", len(tt.steps), len(tt.want))
 			}
 			ch := newChanges()
-			c := NewChecker(Config{Addr: "db:3306", Rise: tt.rise, Fall: tt.fall}, Options{OnChange: ch.on})
+			c := NewChecker(Config{Addr: "db:3306", Rise: tt.rise, Fall: tt.fall},
+				Options{OnChange: ch.on, StartDown: tt.down, Resume: tt.resume})
 			for i, s := range tt.steps {
 				switch s {
 				case '+':

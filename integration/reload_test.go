@@ -262,3 +262,48 @@ func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
 		t.Errorf("the removed route's session after the stop: read %d bytes, %v; want it closed", n, err)
 	}
 }
+
+// TestReloadHealthKeepsHysteresis: a reload that changes only a route's
+// health settings keeps its destinations' state and their rise count. A
+// destination that was down and answers again comes back after rise good
+// checks, as it would have without the reload, not at the first check of
+// the new checkers.
+func TestReloadHealthKeepsHysteresis(t *testing.T) {
+	b, release := holdServer(t)
+	defer release()
+	ports := freePorts(t, 2)
+	a := Addr(ports[1])
+	slow := "[routing.rw.health]\nrise = 50\n" // 5 s at the tests' 100 ms
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{a, b}, Extra: slow}
+	cfg := hamrConfig{Level: "tcp", Routes: []routeConfig{rw}}
+	h := startHamr(t, cfg)
+	h.waitDest("rw", a, false, 5*time.Second)
+
+	ln, err := net.Listen("tcp", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cfg.Routes[0].Extra = slow + "timeout = \"900ms\"\n"
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if !h.logContains("route health settings changed") {
+		t.Fatalf("the reload did not restart the checks:\n%s", h.log.tail(10))
+	}
+	time.Sleep(time.Second) // 10 checks: far from rise, far past the first
+	if up, err := h.destUp("rw", a); err != nil || up {
+		t.Errorf("%s up=%v (%v) 1s after the reload; want still down, 50 good checks not yet made", a, up, err)
+	}
+	h.waitDest("rw", a, true, 20*time.Second)
+}

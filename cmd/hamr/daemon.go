@@ -84,9 +84,11 @@ type route struct {
 
 	changeMu sync.Mutex // serialises routeChanged, so that the last call publishes the latest state
 
+	checkMu sync.Mutex // held while checkers are swapped, and by their OnChange
+
 	mu         sync.Mutex
-	checkers   []*health.Checker
-	primary    int // last primary seen by the watcher, for logging moves
+	checkers   []*health.Checker // written under checkMu and mu
+	primary    int               // last primary seen by the watcher, for logging moves
 	splitBrain bool
 }
 
@@ -414,7 +416,7 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		d.liveMu.Unlock()
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
-	d.startChecks(r, rc)
+	d.startChecks(r, rc, false)
 	d.routes[rc.Name] = r
 	d.publishPrimary(r)
 	d.log.Info("route started", "route", rc.Name, "bind", rc.Addr(), "mode", rc.Mode,
@@ -422,16 +424,24 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	return nil
 }
 
-// startChecks starts one health checker per destination of r.
-func (d *daemon) startChecks(r *route, rc *conf.Route) {
+// startChecks starts one health checker per destination of r. resume is
+// for checkers that replace others (a reload that changed only health
+// settings): they carry on from the route's state with its hysteresis,
+// rather than letting their first check decide.
+func (d *daemon) startChecks(r *route, rc *conf.Route, resume bool) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	r.cancel = cancel
 	// New checkers start from what the route holds now: every destination
-	// up on a new route, the last known state after a reload.
+	// up on a new route, the last known state after a reload. Reading it
+	// and installing them under checkMu, which each OnChange holds, means
+	// that a transition of a checker being replaced (a passive mark from
+	// a failed dial) lands before the snapshot or not at all.
+	r.checkMu.Lock()
 	state := r.rt.State()
 	checkers := make([]*health.Checker, len(rc.Destinations))
 	for i, addr := range rc.Destinations {
-		c := health.NewChecker(health.Config{
+		var c *health.Checker
+		c = health.NewChecker(health.Config{
 			Addr:     addr,
 			Level:    rc.Health.Level,
 			User:     rc.Health.User,
@@ -447,18 +457,28 @@ func (d *daemon) startChecks(r *route, rc *conf.Route) {
 			Metrics:   d.hm,
 			Route:     rc.Name,
 			StartDown: !state[i].Up,
-			OnChange:  func(up bool, _ health.Status) { r.rt.SetUp(i, up) },
+			Resume:    resume,
+			OnChange: func(up bool, _ health.Status) {
+				r.checkMu.Lock()
+				defer r.checkMu.Unlock()
+				if r.checkers[i] == c {
+					r.rt.SetUp(i, up)
+				}
+			},
 		})
 		checkers[i] = c
+	}
+	r.mu.Lock()
+	r.checkers = checkers
+	r.mu.Unlock()
+	r.checkMu.Unlock()
+	for _, c := range checkers {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			c.Run(ctx)
 		}()
 	}
-	r.mu.Lock()
-	r.checkers = checkers
-	r.mu.Unlock()
 	if rc.Mode == conf.ModeReadWrite && rc.Health.Level == conf.LevelRole {
 		r.wg.Add(1)
 		go func() {
@@ -474,7 +494,7 @@ func (d *daemon) restartChecks(r *route, rc *conf.Route) {
 	r.cancel()
 	r.wg.Wait()
 	r.cfg = rc
-	d.startChecks(r, rc)
+	d.startChecks(r, rc, true)
 	d.log.Info("route health settings changed", "route", rc.Name, "level", rc.Health.Level)
 }
 
