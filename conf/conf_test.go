@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -592,5 +593,33 @@ func TestSharesPort(t *testing.T) {
 		if got := b.SharesPort(a); got != tc.want {
 			t.Errorf("%s:%d shares the port of %s:%d = %v, want %v", tc.b, tc.pb, tc.a, tc.pa, got, tc.want)
 		}
+	}
+}
+
+// TestLoadAdmin: ctl's view of a file is its [admin] section; problems
+// elsewhere do not hide it, problems in it are reported.
+func TestLoadAdmin(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	broken := write("broken.toml", "[admin]\naddress = \"127.0.0.1:9901\"\ntoken = \"t\"\n\n[routing.rw]\nbind_port = 70000\n")
+	a, err := LoadAdmin(broken)
+	if err != nil || a.Address != "127.0.0.1:9901" || a.Token != "t" {
+		t.Errorf("LoadAdmin with a broken route: %+v, %v; want the [admin] section", a, err)
+	}
+	if a, err := LoadAdmin(write("none.toml", "[routing.rw]\nmode = 1\n")); err != nil || a.Address != "127.0.0.1:8081" {
+		t.Errorf("LoadAdmin without [admin]: %+v, %v; want the default address", a, err)
+	}
+	_, err = LoadAdmin(write("bad.toml", "[admin]\naddress = \"localhost\"\n\n[routing.rw]\nbind_port = 70000\n"))
+	if err == nil || !strings.Contains(err.Error(), "admin.address") || strings.Contains(err.Error(), "routing") {
+		t.Errorf("LoadAdmin with a bad address: %v; want only the [admin] problem", err)
+	}
+	if _, err := LoadAdmin(write("syntax.toml", "[admin\n")); err == nil {
+		t.Error("LoadAdmin accepted a file that is not TOML")
 	}
 }

@@ -27,12 +27,46 @@ func Load(path string) (*Config, error) {
 // errors and in Config.File. It returns a Config with every default applied,
 // or an *Errors listing every problem found.
 func Parse(file string, data []byte) (*Config, error) {
+	d, c := parse(file, data)
+	if len(d.errs.List) > 0 {
+		d.errs.sort()
+		return nil, &d.errs
+	}
+	return c, nil
+}
+
+// LoadAdmin reads only [admin] from the file at path, for `hamr ctl`:
+// problems elsewhere in the file (say, in an edit about to be reloaded
+// and rejected) do not keep ctl from reaching the daemon. Errors are
+// those of [admin], and TOML syntax errors.
+func LoadAdmin(path string) (Admin, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Admin{}, fmt.Errorf("conf: %w", err)
+	}
+	d, c := parse(path, data)
+	var mine Errors
+	for _, e := range d.errs.List {
+		if c == nil || e.Key == "admin" || strings.HasPrefix(e.Key, "admin.") {
+			mine.add(e)
+		}
+	}
+	if len(mine.List) > 0 {
+		mine.sort()
+		return Admin{}, &mine
+	}
+	return c.Admin, nil
+}
+
+// parse decodes data into a Config with every default applied, collecting
+// every problem in d.errs; the Config is nil after a syntax error.
+func parse(file string, data []byte) (*decoder, *Config) {
 	d := &decoder{file: file, src: string(data)}
 	var top map[string]toml.Primitive
 	md, err := toml.Decode(d.src, &top)
 	if err != nil {
 		d.syntaxError(err)
-		return nil, &d.errs
+		return d, nil
 	}
 	d.root = &node{kids: make(map[string]*node, len(top)), line: 1}
 	for k, p := range top {
@@ -44,11 +78,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	c := d.decode()
 	d.applyDefaults(c)
 	d.validate(c)
-	if len(d.errs.List) > 0 {
-		d.errs.sort()
-		return nil, &d.errs
-	}
-	return c, nil
+	return d, c
 }
 
 // node is one key of the parsed file with the line it was written on. The

@@ -65,6 +65,27 @@ func TestReload(t *testing.T) {
 		}
 	})
 
+	t.Run("ctl with a broken file still reaches hamr", func(t *testing.T) {
+		// ctl reads only [admin]: the daemon, not ctl, judges the rest.
+		before, err := h.metric("hamr_config_reload_failures_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := cfg.TOML()
+		h.writeFile(strings.Replace(text, fmt.Sprintf("bind_port = %d", ro.Port), "bind_port = 70000", 1))
+		if out, err := runCtl(nil, "-c", h.Config, "status"); err != nil || !strings.Contains(out, "rw") {
+			t.Errorf("ctl -c with a broken file, status: %v; want the daemon's status:\n%s", err, out)
+		}
+		out, err := runCtl(nil, "-c", h.Config, "reload")
+		if err == nil || !strings.Contains(out, "reload rejected") || !strings.Contains(out, "routing.ro.bind_port: 70000") {
+			t.Errorf("ctl reload with a broken file: %v; want the daemon's rejection with the problem:\n%s", err, out)
+		}
+		if after, err := h.metric("hamr_config_reload_failures_total"); err != nil || after != before+1 {
+			t.Errorf("hamr_config_reload_failures_total %v -> %v (%v); want +1: the reload reached hamr", before, after, err)
+		}
+		h.writeFile(text)
+	})
+
 	t.Run("ctl reload to a port in use keeps the old config", func(t *testing.T) {
 		taken, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -45,18 +45,20 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "hamr ctl: need -c FILE or --admin ADDR")
 			return 2
 		}
-		cfg, err := conf.Load(*file)
+		// Only [admin]: the rest of the file may be an edit that the
+		// daemon is about to reject, which ctl reload must still reach.
+		a, err := conf.LoadAdmin(*file)
 		if err != nil {
 			printConfigError(stderr, err)
 			return 1
 		}
-		if cfg.Admin.Address == "off" {
+		if a.Address == "off" {
 			fmt.Fprintf(stderr, "hamr ctl: %s has [admin] address = \"off\"\n", *file)
 			return 1
 		}
-		addr = cfg.Admin.Address
+		addr = a.Address
 		if *token == "" {
-			t, err := adminToken(cfg.Admin)
+			t, err := adminToken(a)
 			if err != nil {
 				fmt.Fprintf(stderr, "hamr ctl: %v\n", err)
 				return 1
