@@ -328,3 +328,52 @@ func TestReloadHealthKeepsHysteresis(t *testing.T) {
 	}
 	h.waitDest("rw", a, true, 20*time.Second)
 }
+
+// TestReloadFallbackReplaced: a reload that changes only the read-write
+// route keeps the read-only route that falls back to it, with its
+// listener and open sessions (they used to be cut after drain_timeout),
+// and that route then falls back to the new read-write route.
+func TestReloadFallbackReplaced(t *testing.T) {
+	ctx := context.Background()
+	topo := Start(t, Options{})
+	p1, p2 := topo.Servers[1].Port, topo.Servers[2].Port
+	ports := freePorts(t, 2)
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
+	ro := routeConfig{Name: "ro", Port: ports[1], Mode: "read-only", Dests: []string{topo.Addr(1)}, Extra: `fallback = "rw"`}
+	cfg := hamrConfig{Routes: []routeConfig{rw, ro}}
+	h := startHamr(t, cfg)
+	roAddr := Addr(ro.Port)
+	open, err := connect(ctx, roAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Fatalf("session on ro: port %d, %v; want %d", got, err, p1)
+	}
+
+	cfg.Routes[0].Dests = []string{topo.Addr(2), topo.Addr(0)} // rw replaced, primary now server 2
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	time.Sleep(2 * time.Second) // past the replaced rw route's drain_timeout (1s)
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Errorf("open ro session after rw was replaced: port %d, %v; want it kept on %d", got, err, p1)
+	}
+	if !h.logContains("route kept; it falls back to the new route") {
+		t.Errorf("no log line for the kept ro route:\n%s", h.log.tail(10))
+	}
+	if rs, err := h.route("ro"); err != nil || !rs.Listening || rs.Sessions != 1 {
+		t.Errorf("ro in /status: %+v, %v; want listening with its 1 session", rs, err)
+	}
+
+	// ro's own destination goes: reads fall back to the new rw's primary.
+	if err := topo.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDest("ro", topo.Addr(1), false, 10*time.Second)
+	if got := mustPortVia(t, roAddr); got != p2 {
+		t.Errorf("ro with its replica down reaches %d, want the new rw primary %d", got, p2)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,7 +60,8 @@ type Options struct {
 type Route struct {
 	cfg         Config
 	rt          *routing.Route
-	fb          *routing.Route // rt's fallback route, or nil
+	fb          atomic.Pointer[fallback] // rt's fallback route and its destinations; nil if none
+	m           *Metrics
 	log         *slog.Logger
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error) // Options.Dial
 	dialer      net.Dialer                                                        // for hostnames
@@ -67,8 +69,7 @@ type Route struct {
 
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
 	dests     []*dest // rt's destinations, by index
-	fbDests   []*dest // fb's destinations, by index
-	attempts  int     // dial attempts per client
+	attempts  int     // dial attempts per client on rt's own destinations (add the fallback's)
 
 	refusedMax, refusedNoDest prometheus.Counter
 	errTooMany, errNoDest     []byte // ERR packets
@@ -86,6 +87,7 @@ type Route struct {
 	lnMu sync.Mutex // held while the listener is opened or closed; before mu
 
 	mu       sync.Mutex
+	oldFb    []*dest   // destinations of earlier fallbacks that still have sessions
 	ln       *listener // nil while not listening
 	addr     string    // bound address, reused when re-binding
 	started  bool
@@ -128,13 +130,63 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 		r.dests = append(r.dests, m.dest(cfg.Name, a))
 	}
 	r.attempts = len(r.dests) + 1
-	if r.fb = rt.Fallback(); r.fb != nil {
-		for _, a := range r.fb.Destinations() {
-			r.fbDests = append(r.fbDests, m.dest(cfg.Name, a))
-		}
-		r.attempts += len(r.fbDests)
+	r.m = m
+	if fb := rt.Fallback(); fb != nil {
+		r.fb.Store(r.newFallback(fb))
 	}
 	return r
+}
+
+// fallback is the route a read-only Route falls back to, with the
+// destinations its sessions are counted on. It is replaced whole when the
+// fallback changes, so that the loops read it without a lock.
+type fallback struct {
+	rt    *routing.Route
+	dests []*dest // rt's destinations, by index
+}
+
+func (r *Route) newFallback(fb *routing.Route) *fallback {
+	f := &fallback{rt: fb}
+	for _, a := range fb.Destinations() {
+		f.dests = append(f.dests, r.m.dest(r.cfg.Name, a))
+	}
+	return f
+}
+
+// fbDests returns the destinations of the current fallback, and of the
+// ones before it that still have sessions. r.mu must be held.
+func (r *Route) fbDests() []*dest {
+	var ds []*dest
+	if f := r.fb.Load(); f != nil {
+		ds = f.dests
+	}
+	return append(ds[:len(ds):len(ds)], r.oldFb...)
+}
+
+// FallbackChanged follows the routing.Route to the fallback it now has
+// (routing.Route.SetFallback): new clients fall back to it. Sessions open
+// through the previous one go on, and are still counted and closed with
+// the route's own.
+func (r *Route) FallbackChanged() {
+	fb := r.rt.Fallback()
+	r.mu.Lock()
+	old := r.fb.Load()
+	if fb == nil || old != nil && old.rt == fb {
+		r.mu.Unlock()
+		return
+	}
+	kept := r.oldFb[:0]
+	if old != nil {
+		kept = append(kept, old.dests...)
+	}
+	r.oldFb = slices.DeleteFunc(kept, func(d *dest) bool { return len(d.sessions) == 0 })
+	r.fb.Store(r.newFallback(fb))
+	started := r.started
+	r.mu.Unlock()
+	if started {
+		fb.Watch(r.changed)
+	}
+	r.changed()
 }
 
 func (r *Route) check() error {
@@ -194,8 +246,8 @@ func (r *Route) Start() error {
 	// routing.Route cannot forget a watcher: after Shutdown, changed
 	// finds nothing to do.
 	r.rt.Watch(r.changed)
-	if r.fb != nil {
-		r.fb.Watch(r.changed)
+	if f := r.fb.Load(); f != nil {
+		f.rt.Watch(r.changed)
 	}
 	r.serveListener(ln)
 	r.log.Info("listening", "addr", r.addr)
@@ -238,7 +290,7 @@ func (r *Route) Sessions() []int {
 func (r *Route) FallbackSessions() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return count(r.fbDests)
+	return count(r.fbDests())
 }
 
 // StopAccepting closes the listening socket for good, so that another
@@ -282,7 +334,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	r.cancel() // abort dials in progress
 	r.mu.Lock()
 	r.closing = true
-	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
+	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
 	r.mu.Unlock()
 	for _, l := range r.loops {
 		l.post(func(l *loop) { l.closeAll() }) // clients still being connected
@@ -303,7 +355,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 func (r *Route) CloseSessions() int {
 	r.mu.Lock()
 	gen := r.gen.Add(1) // clients still being connected are dropped too
-	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests, -1)
+	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
 	// A dial in progress could take connect_timeout to end: the loops
 	// drop those clients now.
 	for _, l := range r.loops {
@@ -325,7 +377,7 @@ func (r *Route) stopLoops() {
 }
 
 // open returns the number of open sessions. r.mu must be held.
-func (r *Route) open() int { return count(r.dests) + count(r.fbDests) }
+func (r *Route) open() int { return count(r.dests) + count(r.fbDests()) }
 
 // count returns the number of open sessions to ds. Route.mu must be held.
 func count(ds []*dest) int {

@@ -432,6 +432,44 @@ func TestReadOnlyFallback(t *testing.T) {
 	}
 }
 
+// TestFallbackChanged: a read-only route whose fallback is replaced keeps
+// the sessions open through the old one (counted, and closed by
+// CloseSessions), and sends new clients to the new one.
+func TestFallbackChanged(t *testing.T) {
+	oldPrimary := newBackend(t, named("old"))
+	newPrimary := newBackend(t, named("new"))
+	oldRW := newRouting(t, routing.FirstAvailable, oldPrimary.addr())
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, oldRW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.SetUp(0, false) // every client falls back
+	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "old" {
+		t.Fatalf("reached %q (%v), want old", name, err)
+	}
+	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, newPrimary.addr())); err != nil {
+		t.Fatal(err)
+	}
+	p.FallbackChanged()
+	if err := roundTrip(c, "still here"); err != nil {
+		t.Fatalf("session through the old fallback after the change: %v", err)
+	}
+	c2 := dialProxy(t, p)
+	if name, err := readLine(c2); err != nil || name != "new" {
+		t.Fatalf("new client reached %q (%v), want new", name, err)
+	}
+	if n := p.FallbackSessions(); n != 2 {
+		t.Errorf("FallbackSessions = %d, want 2 (old fallback and new)", n)
+	}
+	if n := p.CloseSessions(); n != 2 {
+		t.Errorf("CloseSessions = %d, want 2", n)
+	}
+	wantClosed(t, c)
+	wantClosed(t, c2)
+}
+
 func TestCloseListenerWhenDown(t *testing.T) {
 	be := newBackend(t, echo)
 	rt := newRouting(t, routing.FirstAvailable, be.addr())

@@ -154,7 +154,11 @@ func peer(fd int) string {
 // the number of attempts is bounded by the number of destinations.
 func (l *loop) connect(s *session) {
 	r := l.r
-	for s.attempt < r.attempts {
+	attempts := r.attempts
+	if f := r.fb.Load(); f != nil {
+		attempts += len(f.dests)
+	}
+	for s.attempt < attempts {
 		s.attempt++
 		p, err := r.rt.Pick()
 		if err != nil {
@@ -162,6 +166,9 @@ func (l *loop) connect(s *session) {
 			return
 		}
 		d := r.dest(p)
+		if d == nil && p.Route != r.rt {
+			continue // picked on a fallback that a reload just replaced
+		}
 		if d == nil {
 			l.r.log.Error("pick is not a destination of the route", "index", p.Index, "destination", p.Addr)
 			l.closeSession(s)
@@ -190,7 +197,7 @@ func (l *loop) connect(s *session) {
 		l.dials = append(l.dials, dialTimer{at: l.now + int64(r.cfg.ConnectTimeout), s: s, attempt: s.attempt})
 		return
 	}
-	l.refuseNoDest(s, fmt.Errorf("route %s: %w after %d attempts", r.cfg.Name, routing.ErrNoDestination, r.attempts))
+	l.refuseNoDest(s, fmt.Errorf("route %s: %w after %d attempts", r.cfg.Name, routing.ErrNoDestination, attempts))
 }
 
 // watch makes fd s's destination socket and puts it in the loop's
@@ -306,11 +313,10 @@ func detach(c net.Conn, addr string) (int, error) {
 // dest returns the destination of pick p, or nil.
 func (r *Route) dest(p routing.Pick) *dest {
 	var ds []*dest
-	switch p.Route {
-	case r.rt:
+	if p.Route == r.rt {
 		ds = r.dests
-	case r.fb:
-		ds = r.fbDests
+	} else if f := r.fb.Load(); f != nil && p.Route == f.rt {
+		ds = f.dests
 	}
 	if p.Index < 0 || p.Index >= len(ds) {
 		return nil
@@ -537,7 +543,8 @@ func (r *Route) register(s *session) bool {
 	p := s.pick
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closing || s.gen != r.gen.Load() || !p.Route.Current(p) {
+	// A pick on a fallback that a reload has replaced is no longer ours.
+	if r.closing || s.gen != r.gen.Load() || !p.Route.Current(p) || r.dest(p) != s.d {
 		return false
 	}
 	if r.rwPrimary && p.Route == r.rt {

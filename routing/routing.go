@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // Strategy names how a Route picks a destination. The values are the names
@@ -38,7 +39,7 @@ type Route struct {
 	name     string
 	strategy Strategy
 	dests    []string
-	fallback *Route
+	fallback atomic.Pointer[Route] // swapped by SetFallback
 
 	mu       sync.Mutex
 	up       []bool
@@ -69,11 +70,11 @@ func New(name string, strategy Strategy, dests []string, fallback *Route) (*Rout
 		name:     name,
 		strategy: strategy,
 		dests:    append([]string(nil), dests...),
-		fallback: fallback,
 		up:       make([]bool, len(dests)),
 		burned:   make([]bool, len(dests)),
 		primary:  -1,
 	}
+	r.fallback.Store(fallback)
 	for i := range r.up {
 		r.up[i] = true
 	}
@@ -93,7 +94,26 @@ func (r *Route) Strategy() Strategy { return r.strategy }
 func (r *Route) Destinations() []string { return append([]string(nil), r.dests...) }
 
 // Fallback returns the fallback route, or nil.
-func (r *Route) Fallback() *Route { return r.fallback }
+func (r *Route) Fallback() *Route { return r.fallback.Load() }
+
+// SetFallback makes fb the fallback of a round-robin-with-fallback route,
+// in place of the one it had (a reload replaced that route): the route
+// keeps its own state, and its watchers are told, since its availability
+// may have changed.
+func (r *Route) SetFallback(fb *Route) error {
+	switch {
+	case r.strategy != RoundRobinWithFallback:
+		return fmt.Errorf("route %s: %s has no fallback", r.name, r.strategy)
+	case fb == nil || !fb.hasPrimary():
+		return fmt.Errorf("route %s: %s needs a first-available or next-available fallback route", r.name, r.strategy)
+	}
+	r.fallback.Store(fb)
+	r.mu.Lock()
+	ws := r.watchers
+	r.mu.Unlock()
+	r.notify(ws)
+	return nil
+}
 
 func (r *Route) hasPrimary() bool {
 	return r.strategy == FirstAvailable || r.strategy == NextAvailable
@@ -140,7 +160,7 @@ func (r *Route) Pick() (Pick, error) {
 	}
 	r.mu.Unlock()
 	if r.strategy == RoundRobinWithFallback {
-		if p, err := r.fallback.Pick(); err == nil {
+		if p, err := r.fallback.Load().Pick(); err == nil {
 			return p, nil
 		}
 	}
@@ -245,7 +265,7 @@ func (r *Route) Available() bool {
 	}
 	r.mu.Unlock()
 	if !ok && r.strategy == RoundRobinWithFallback {
-		return r.fallback.Available()
+		return r.fallback.Load().Available()
 	}
 	return ok
 }

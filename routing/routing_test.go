@@ -127,6 +127,41 @@ func TestFallback(t *testing.T) {
 	}
 }
 
+// TestSetFallback: a read-only route re-pointed at a new fallback route
+// keeps its own state, falls back to the new route's primary, and tells
+// its watchers.
+func TestSetFallback(t *testing.T) {
+	old, _ := New("rw", FirstAvailable, []string{"p:1"}, nil)
+	ro, err := New("ro", RoundRobinWithFallback, []string{"r1:1", "r2:2"}, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.SetUp(1, false)
+	ro.Pick() // advance the rotation: it must survive the swap
+	calls := 0
+	ro.Watch(func() { calls++ })
+	rw, _ := New("rw", FirstAvailable, []string{"q:2", "p:1"}, nil)
+	if err := ro.SetFallback(rw); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || ro.Fallback() != rw {
+		t.Fatalf("after SetFallback: %d watcher calls, fallback %p; want 1 call and %p", calls, ro.Fallback(), rw)
+	}
+	if st := ro.State(); st[0].Up != true || st[1].Up != false {
+		t.Fatalf("own state after SetFallback: %+v, want r1 up, r2 down", st)
+	}
+	ro.SetUp(0, false)
+	if p, err := ro.Pick(); err != nil || p.Route != rw || p.Addr != "q:2" {
+		t.Fatalf("fallback pick = %+v, %v; want the new route's primary q:2", p, err)
+	}
+	if err := ro.SetFallback(nil); err == nil {
+		t.Error("SetFallback(nil) accepted")
+	}
+	if err := rw.SetFallback(old); err == nil {
+		t.Error("SetFallback on a first-available route accepted")
+	}
+}
+
 func TestNewRejects(t *testing.T) {
 	if _, err := New("x", "random", dests, nil); err == nil {
 		t.Fatal("unknown strategy accepted")

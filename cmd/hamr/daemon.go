@@ -75,8 +75,8 @@ type route struct {
 	dests    []string
 	rt       *routing.Route
 	px       *proxy.Route
-	fallback *route      // the route rt falls back to, or nil
-	cfg      *conf.Route // guarded by daemon.mu
+	fallback atomic.Pointer[route] // the route rt falls back to, or nil; swapped by a reload
+	cfg      *conf.Route           // guarded by daemon.mu
 
 	cancel  context.CancelFunc // stops the checkers and the split-brain watch
 	wg      sync.WaitGroup
@@ -280,22 +280,12 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	for _, rc := range cfg.Routes {
 		want[rc.Name] = rc
 	}
-	// A route is kept when its settings (health aside) are the same and so
-	// is the route it falls back to, since routing.Route holds a pointer to
-	// its fallback.
+	// A route is kept when its settings (health aside) are the same. One
+	// whose fallback is replaced is kept too, and re-pointed below.
 	keep := make(map[string]bool)
 	for name, r := range d.routes {
 		if rc, ok := want[name]; ok && sameRoute(r.cfg, rc) {
 			keep[name] = true
-		}
-	}
-	for changed := true; changed; {
-		changed = false
-		for name := range keep {
-			if fb := want[name].Fallback; fb != "" && !keep[fb] {
-				delete(keep, name)
-				changed = true
-			}
 		}
 	}
 
@@ -315,6 +305,9 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		if r, ok := d.routes[rc.Name]; ok {
 			if !reflect.DeepEqual(r.cfg.Health, rc.Health) {
 				d.restartChecks(r, rc)
+			}
+			if fb, ok := d.routes[rc.Fallback]; ok && r.fallback.Load() != fb {
+				d.repointFallback(r, fb)
 			}
 			continue
 		}
@@ -377,7 +370,8 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		if !ok {
 			return fmt.Errorf("route %s: fallback route %s is not running", rc.Name, rc.Fallback)
 		}
-		r.fallback, fallback = fb, fb.rt
+		r.fallback.Store(fb)
+		fallback = fb.rt
 	}
 	rt, err := routing.New(rc.Name, routing.Strategy(rc.Strategy), rc.Destinations, fallback)
 	if err != nil {
@@ -400,15 +394,8 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		OnDialError: r.dialFailed,
 	})
 	rt.Watch(func() { d.routeChanged(r) })
-	if r.fallback != nil {
-		// r's availability also depends on its fallback's primary. A
-		// routing.Route keeps its watchers: this one outlives r if the
-		// fallback stays and r goes.
-		r.fallback.rt.Watch(func() {
-			if !r.removed.Load() {
-				d.routeChanged(r)
-			}
-		})
+	if fb := r.fallback.Load(); fb != nil {
+		d.watchFallback(r, fb)
 	}
 	if err := r.px.Start(); err != nil {
 		d.liveMu.Lock()
@@ -536,15 +523,40 @@ func (d *daemon) removeRoute(name string) {
 	}()
 }
 
+// watchFallback makes r follow fb's changes: r's availability depends on
+// its fallback's primary. A routing.Route keeps its watchers, so this one
+// does nothing once r is gone or falls back elsewhere.
+func (d *daemon) watchFallback(r, fb *route) {
+	fb.rt.Watch(func() {
+		if !r.removed.Load() && r.fallback.Load() == fb {
+			d.routeChanged(r)
+		}
+	})
+}
+
+// repointFallback makes a kept route fall back to fb, the route a reload
+// put in place of its fallback: its sessions, listener and rotation stay.
+func (d *daemon) repointFallback(r, fb *route) {
+	if err := r.rt.SetFallback(fb.rt); err != nil {
+		d.log.Error("route cannot fall back to the new route", "route", r.name, "fallback", fb.name, "err", err)
+		return
+	}
+	r.fallback.Store(fb)
+	d.watchFallback(r, fb)
+	r.px.FallbackChanged()
+	d.routeChanged(r)
+	d.log.Info("route kept; it falls back to the new route", "route", r.name, "fallback", fb.name)
+}
+
 // dialFailed passes a failed dial seen by the proxy to the checker of that
 // destination, which keeps it down until it passes rise checks.
 func (r *route) dialFailed(p routing.Pick, err error) {
 	owner := r
 	if p.Route != r.rt {
-		owner = r.fallback
-	}
-	if owner == nil {
-		return
+		owner = r.fallback.Load()
+		if owner == nil || p.Route != owner.rt {
+			return // a fallback a reload has replaced: its checkers are gone
+		}
 	}
 	owner.mu.Lock()
 	var c *health.Checker
