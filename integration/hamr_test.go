@@ -587,6 +587,28 @@ func mysqlError(t testing.TB, err error) *mysql.MySQLError {
 	return me
 }
 
+// closingServer listens on addr and closes every connection it accepts,
+// enough for tcp health checks, until the test ends.
+func closingServer(t testing.TB, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+}
+
 // holdServer listens on 127.0.0.1 and keeps every connection open, so
 // that a session through hamr stays up without a database (health
 // checks of level tcp connect too). release closes them all, and those

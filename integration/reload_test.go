@@ -300,20 +300,7 @@ func TestReloadHealthKeepsHysteresis(t *testing.T) {
 	h := startHamr(t, cfg)
 	h.waitDest("rw", a, false, 5*time.Second)
 
-	ln, err := net.Listen("tcp", a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	closingServer(t, a)
 	cfg.Routes[0].Extra = slow + "timeout = \"900ms\"\n"
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
