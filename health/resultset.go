@@ -106,16 +106,9 @@ func query(mc *client.Conn, q string) (*resultSet, error) {
 		case len(rs.rows) == maxRows:
 			return nil, fmt.Errorf("more than %d rows: %w", maxRows, errTooLarge)
 		}
-		row := make([][]byte, len(rs.names))
-		for i := range row {
-			v, null, used, ok := lenencString(data)
-			if !ok {
-				return nil, fmt.Errorf("row %d: %w", len(rs.rows)+1, errMalformed)
-			}
-			if !null {
-				row[i] = v
-			}
-			data = data[used:]
+		row, err := parseRow(data, len(rs.names))
+		if err != nil {
+			return nil, fmt.Errorf("row %d: %w", len(rs.rows)+1, err)
 		}
 		rs.rows = append(rs.rows, row)
 	}
@@ -128,6 +121,23 @@ func errPacket(mc *client.Conn, data []byte) error {
 		return fmt.Errorf("error packet: %w", errMalformed)
 	}
 	return mc.HandleErrorPacket(data)
+}
+
+// parseRow splits a text-protocol row of n columns into its values, nil
+// for NULL.
+func parseRow(data []byte, n int) ([][]byte, error) {
+	row := make([][]byte, n)
+	for i := range row {
+		v, null, used, ok := lenencString(data)
+		if !ok {
+			return nil, errMalformed
+		}
+		if !null {
+			row[i] = v
+		}
+		data = data[used:]
+	}
+	return row, nil
 }
 
 func isEOF(data []byte) bool { return len(data) > 0 && len(data) < 9 && data[0] == mysql.EOF_HEADER }
