@@ -33,6 +33,7 @@ test:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./conf
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./vip
+	$(GO) test -run '^$$' -fuzz FuzzPackets -fuzztime 60s ./health
 
 bench:
 	scripts/deps.sh bench
