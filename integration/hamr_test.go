@@ -278,6 +278,7 @@ type routeStatus struct {
 	Bind         string       `json:"bind"`
 	Mode         string       `json:"mode"`
 	Listening    bool         `json:"listening"`
+	Draining     bool         `json:"draining"`
 	Primary      string       `json:"primary"`
 	Sessions     int          `json:"sessions"`
 	Fallback     int          `json:"fallback_sessions"`

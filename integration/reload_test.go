@@ -266,6 +266,12 @@ func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
 	if out, err := h.ctl("reload"); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
+	if rs, err := h.route("gone"); err != nil || !rs.Draining || rs.Listening || rs.Sessions != 1 {
+		t.Errorf("removed route in /status: %+v, %v; want it draining, not listening, with its 1 session", rs, err)
+	}
+	if out, err := h.ctl("status"); err != nil || !strings.Contains(out, "(draining)") {
+		t.Errorf("ctl status: %v; want the removed route marked draining:\n%s", err, out)
+	}
 
 	h.signal(syscall.SIGTERM)
 	waitFor(t, 5*time.Second, "hamr to begin its stop", func() (bool, error) {

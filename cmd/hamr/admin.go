@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hamr-project/hamr/conf"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -27,7 +28,8 @@ type RouteStatus struct {
 	Mode             string       `json:"mode"`
 	Strategy         string       `json:"strategy"`
 	Listening        bool         `json:"listening"`
-	Primary          string       `json:"primary"` // "" when none or not applicable
+	Draining         bool         `json:"draining,omitempty"` // removed or replaced by a reload; its sessions finish
+	Primary          string       `json:"primary"`            // "" when none or not applicable
 	Fallback         string       `json:"fallback,omitempty"`
 	Sessions         int          `json:"sessions"`                    // fallback sessions included
 	FallbackSessions int          `json:"fallback_sessions,omitempty"` // to the fallback route's destinations
@@ -69,43 +71,16 @@ func (d *daemon) status() Status {
 	v := d.view.Load()
 	st := Status{Version: version, Config: v.file, Routes: []RouteStatus{}, VRRP: []VRRPStatus{}}
 	for _, rv := range v.routes {
-		r, rc := rv.r, rv.cfg
-		rs := RouteStatus{
-			Name: rc.Name, Bind: rc.Addr(), Mode: rc.Mode, Strategy: rc.Strategy,
-			Listening: r.px.Listening(), Fallback: rc.Fallback,
-		}
-		sessions := r.px.Sessions()
-		r.mu.Lock()
-		checkers := r.checkers
-		r.mu.Unlock()
-		for i, ds := range r.rt.State() {
-			hs := checkers[i].Status()
-			dst := DestStatus{
-				Address: ds.Addr, Up: ds.Up, Reason: hs.Reason, Role: string(hs.Role),
-				ReadOnly: hs.ReadOnly, Primary: ds.Primary,
-			}
-			if ds.Burned && ds.Up {
-				dst.Reason = "failed since the last reset (next-available)"
-			}
-			if hs.LagKnown {
-				lag := hs.Lag.Seconds()
-				dst.LagSeconds = &lag
-			}
-			if i < len(sessions) {
-				dst.Sessions = sessions[i]
-				rs.Sessions += sessions[i]
-			}
-			if ds.Primary {
-				rs.Primary = ds.Addr
-			}
-			rs.Destinations = append(rs.Destinations, dst)
-		}
-		if rc.Fallback != "" {
-			rs.FallbackSessions = r.px.FallbackSessions()
-			rs.Sessions += rs.FallbackSessions
-		}
+		st.Routes = append(st.Routes, routeStatus(rv.r, rv.cfg))
+	}
+	// Routes a reload took away, while their sessions finish.
+	d.drainMu.Lock()
+	for _, rv := range d.draining {
+		rs := routeStatus(rv.r, rv.cfg)
+		rs.Draining = true
 		st.Routes = append(st.Routes, rs)
 	}
+	d.drainMu.Unlock()
 	for _, vi := range v.vrrps {
 		s := vi.in.Status()
 		st.VRRP = append(st.VRRP, VRRPStatus{
@@ -116,6 +91,45 @@ func (d *daemon) status() Status {
 		})
 	}
 	return st
+}
+
+// routeStatus is r, running with rc, in Status.
+func routeStatus(r *route, rc *conf.Route) RouteStatus {
+	rs := RouteStatus{
+		Name: rc.Name, Bind: rc.Addr(), Mode: rc.Mode, Strategy: rc.Strategy,
+		Listening: r.px.Listening(), Fallback: rc.Fallback,
+	}
+	sessions := r.px.Sessions()
+	r.mu.Lock()
+	checkers := r.checkers
+	r.mu.Unlock()
+	for i, ds := range r.rt.State() {
+		hs := checkers[i].Status()
+		dst := DestStatus{
+			Address: ds.Addr, Up: ds.Up, Reason: hs.Reason, Role: string(hs.Role),
+			ReadOnly: hs.ReadOnly, Primary: ds.Primary,
+		}
+		if ds.Burned && ds.Up {
+			dst.Reason = "failed since the last reset (next-available)"
+		}
+		if hs.LagKnown {
+			lag := hs.Lag.Seconds()
+			dst.LagSeconds = &lag
+		}
+		if i < len(sessions) {
+			dst.Sessions = sessions[i]
+			rs.Sessions += sessions[i]
+		}
+		if ds.Primary {
+			rs.Primary = ds.Addr
+		}
+		rs.Destinations = append(rs.Destinations, dst)
+	}
+	if rc.Fallback != "" {
+		rs.FallbackSessions = r.px.FallbackSessions()
+		rs.Sessions += rs.FallbackSessions
+	}
+	return rs
 }
 
 // resetPrimary is the operator command that moves a route's primary back

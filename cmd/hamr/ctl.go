@@ -178,6 +178,9 @@ func printStatus(w io.Writer, st Status) {
 		if !r.Listening {
 			bind += " (closed)"
 		}
+		if r.Draining {
+			bind += " (draining)"
+		}
 		for i, d := range r.Destinations {
 			name, b, strat := r.Name, bind, r.Strategy
 			if i > 0 {
@@ -207,11 +210,14 @@ func printStatus(w io.Writer, st Status) {
 	}
 	tw.Flush()
 	for _, r := range st.Routes {
-		if r.Mode == conf.ModeReadWrite {
+		if r.Mode == conf.ModeReadWrite && !r.Draining {
 			fmt.Fprintf(w, "route %s: primary %s\n", r.Name, orDash(r.Primary))
 		}
 	}
 	for _, r := range st.Routes {
+		if r.Draining {
+			continue // its checks have stopped
+		}
 		for _, d := range r.Destinations {
 			if !d.Up && d.Reason != "" {
 				fmt.Fprintf(w, "route %s: %s down: %s\n", r.Name, d.Address, d.Reason)

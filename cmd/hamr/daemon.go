@@ -50,6 +50,8 @@ type daemon struct {
 	view atomic.Pointer[view]
 
 	drains    sync.WaitGroup     // routes removed by a reload, still draining
+	drainMu   sync.Mutex         // guards draining; not mu, which stop holds while drains end
+	draining  []routeView        // those routes, for /status
 	cutDrains context.CancelFunc // ends those drains: stop's own drain ended
 	drainCtx  context.Context    // cancelled by cutDrains
 
@@ -498,8 +500,17 @@ func (d *daemon) removeRoute(name string) {
 	d.liveMu.Unlock()
 	timeout := d.cfg.Global.DrainTimeout
 	d.drains.Add(1)
+	rv := routeView{r: r, cfg: r.cfg}
+	d.drainMu.Lock()
+	d.draining = append(d.draining, rv)
+	d.drainMu.Unlock()
 	go func() {
 		defer d.drains.Done()
+		defer func() {
+			d.drainMu.Lock()
+			d.draining = slices.DeleteFunc(d.draining, func(o routeView) bool { return o.r == r })
+			d.drainMu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(d.drainCtx, timeout)
 		defer cancel()
 		if err := r.px.Shutdown(ctx); err != nil {

@@ -77,6 +77,10 @@ func TestPrintStatus(t *testing.T) {
 		{Name: "ro", Bind: "127.0.0.1:7002", Mode: "read-only", Strategy: "round-robin", Listening: false,
 			Fallback: "rw", Sessions: 3, FallbackSessions: 2,
 			Destinations: []DestStatus{{Address: "127.0.0.1:3308", Up: true, Role: "replica", LagSeconds: &lag, Sessions: 1}}},
+		{Name: "old", Bind: "127.0.0.1:7009", Mode: "read-write", Strategy: "first-available", Draining: true,
+			Primary: "127.0.0.1:3306", Sessions: 1, Destinations: []DestStatus{
+				{Address: "127.0.0.1:3306", Up: false, Reason: "checks stopped", Sessions: 1, Primary: true},
+			}},
 	}, VRRP: []VRRPStatus{{Name: "VI_1", Interface: "eth1", VRID: 51, Version: 3, State: "MASTER",
 		Priority: 120, EffectivePriority: 90, VIPs: []string{"10.0.0.1/24"}}}}
 	var b bytes.Buffer
@@ -89,9 +93,15 @@ func TestPrintStatus(t *testing.T) {
 		"3s",
 		"MASTER",
 		"120 (effective 90)",
+		"127.0.0.1:7009 (closed) (draining)",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("status table lacks %q:\n%s", want, got)
+		}
+	}
+	for _, unwanted := range []string{"route old: primary", "route old: 127.0.0.1:3306 down"} {
+		if strings.Contains(got, unwanted) {
+			t.Errorf("status table says %q of a draining route:\n%s", unwanted, got)
 		}
 	}
 	if !regexp.MustCompile(`\(fallback rw\) +2 *\n`).MatchString(got) {
