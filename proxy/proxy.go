@@ -175,7 +175,7 @@ func (r *Route) FallbackChanged() {
 		r.mu.Unlock()
 		return
 	}
-	kept := r.oldFb[:0]
+	kept := r.oldFb
 	if old != nil {
 		kept = append(kept, old.dests...)
 	}

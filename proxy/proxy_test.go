@@ -460,8 +460,13 @@ func TestFallbackChanged(t *testing.T) {
 	if name, err := readLine(c2); err != nil || name != "new" {
 		t.Fatalf("new client reached %q (%v), want new", name, err)
 	}
+	// A second change: the sessions of both earlier fallbacks still count.
+	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, refusedAddr(t))); err != nil {
+		t.Fatal(err)
+	}
+	p.FallbackChanged()
 	if n := p.FallbackSessions(); n != 2 {
-		t.Errorf("FallbackSessions = %d, want 2 (old fallback and new)", n)
+		t.Errorf("FallbackSessions = %d, want 2 (through the first fallback and the second)", n)
 	}
 	if n := p.CloseSessions(); n != 2 {
 		t.Errorf("CloseSessions = %d, want 2", n)
