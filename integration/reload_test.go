@@ -107,26 +107,6 @@ func TestReload(t *testing.T) {
 		}
 	})
 
-	t.Run("ctl reload to 0.0.0.0 beside another listener keeps the old config", func(t *testing.T) {
-		// Another process holds ro's port on another loopback address:
-		// 0.0.0.0 would collide with it, though ro's own 127.0.0.1 does not.
-		taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", ro.Port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer taken.Close()
-		ro2 := ro
-		ro2.Bind = "0.0.0.0"
-		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2}})
-		out, err := h.ctl("reload")
-		if err == nil || !strings.Contains(out, "route ro") || !strings.Contains(out, taken.Addr().String()+" is listening") {
-			t.Errorf("reload to 0.0.0.0: %v; want it rejected, naming route ro and the other listener:\n%s", err, out)
-		}
-		if got := mustPortVia(t, roAddr); got != p1 && got != p2 {
-			t.Errorf("ro after a rejected reload reaches %d, want a replica on its old port", got)
-		}
-	})
-
 	t.Run("ctl reload adds and changes routes", func(t *testing.T) {
 		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 		ro2 := ro
@@ -369,4 +349,35 @@ func TestReloadFallbackReplaced(t *testing.T) {
 	if got := mustPortVia(t, roAddr); got != p2 {
 		t.Errorf("ro with its replica down reaches %d, want the new rw primary %d", got, p2)
 	}
+}
+
+// TestReloadWildcardBeside: a route moving from 127.0.0.1:P to 0.0.0.0:P
+// while another process listens on 127.0.0.2:P is rejected before the
+// route stops (it used to stop, fail to bind and be gone).
+func TestReloadWildcardBeside(t *testing.T) {
+	dest, release := holdServer(t)
+	defer release()
+	other, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	port := other.Addr().(*net.TCPAddr).Port
+	cfg := hamrConfig{Level: "tcp", Routes: []routeConfig{{Name: "rw", Port: port, Mode: "read-write", Dests: []string{dest}}}}
+	h := startHamr(t, cfg)
+
+	cfg.Routes[0].Bind = "0.0.0.0"
+	h.writeConfig(cfg)
+	out, err := h.ctl("reload")
+	if err == nil || !strings.Contains(out, "route rw") || !strings.Contains(out, other.Addr().String()+" is listening") {
+		t.Errorf("reload to 0.0.0.0:%d: %v; want it rejected, naming route rw and the other listener:\n%s", port, err, out)
+	}
+	if rs, err := h.route("rw"); err != nil || !rs.Listening || rs.Bind != Addr(port) {
+		t.Errorf("rw after the rejected reload: %+v, %v; want it listening on %s", rs, err, Addr(port))
+	}
+	c, err := net.DialTimeout("tcp", Addr(port), 2*time.Second)
+	if err != nil {
+		t.Fatalf("connect to rw after the rejected reload: %v", err)
+	}
+	c.Close()
 }
