@@ -62,18 +62,30 @@ func TestSocketOptions(t *testing.T) {
 // TestCheckListenBeside: on a port hamr holds at ours, a new address is
 // refused only for another listener it would collide with.
 func TestCheckListenBeside(t *testing.T) {
-	mine, err := listenTCP("127.0.0.1:0")
+	// The other listener picks the port: any port free on 127.0.0.2 is
+	// free on 127.0.0.1 too unless something holds it there.
+	other, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(other.Addr().String())
+	mine, err := listenTCP("127.0.0.1:" + port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mine.close()
-	_, port, _ := net.SplitHostPort(mine.addr)
 	ours := []string{mine.addr}
+	if err := CheckListenBeside("127.0.0.3:"+port, ours); err != nil {
+		t.Errorf("127.0.0.3:%s: %v; want no collision", port, err)
+	}
+	if err := CheckListenBeside("0.0.0.0:"+port, ours); err == nil {
+		t.Errorf("0.0.0.0:%s accepted with 127.0.0.2:%s listening", port, port)
+	}
+	other.Close()
 	if err := CheckListenBeside("0.0.0.0:"+port, ours); err != nil {
 		t.Fatalf("0.0.0.0:%s beside only our own listener: %v", port, err)
 	}
-	other, err := net.Listen("tcp", "127.0.0.2:"+port)
-	if err != nil {
+	if other, err = net.Listen("tcp", "127.0.0.2:"+port); err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
