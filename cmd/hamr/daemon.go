@@ -698,7 +698,11 @@ func privileges(err error) error {
 // reach the other router), and would otherwise linger until TCP keepalive
 // gives up, or hold a graceful stop for the whole drain timeout.
 func (d *daemon) releasedVIPs(vc *conf.VRRP) {
-	for _, rv := range d.view.Load().routes {
+	routes := d.view.Load().routes
+	d.drainMu.Lock()
+	routes = append(slices.Clip(routes), d.draining...) // a reload's leftovers too
+	d.drainMu.Unlock()
+	for _, rv := range routes {
 		r := rv.r
 		for _, p := range vc.VirtualIPAddress {
 			if p.Addr().String() == rv.cfg.BindAddress {

@@ -149,6 +149,44 @@ type vrrpStatus struct {
 
 // status fetches VI_1's status from hamr's admin endpoint.
 func (r *router) status() (vrrpStatus, error) {
+	var st struct {
+		VRRP []vrrpStatus `json:"vrrp"`
+	}
+	if err := r.getStatus(&st); err != nil {
+		return vrrpStatus{}, err
+	}
+	for _, v := range st.VRRP {
+		if v.Name == "VI_1" {
+			return v, nil
+		}
+	}
+	return vrrpStatus{}, fmt.Errorf("GET /status: no VI_1 in %+v", st)
+}
+
+// sessions returns the open sessions of route in hamr's /status: those
+// of a route a reload removed if it is still draining, else of the
+// running route of that name.
+func (r *router) sessions(route string) (int, error) {
+	var st struct {
+		Routes []struct {
+			Name     string `json:"name"`
+			Sessions int    `json:"sessions"`
+		} `json:"routes"`
+	}
+	if err := r.getStatus(&st); err != nil {
+		return 0, err
+	}
+	for _, rs := range st.Routes {
+		if rs.Name == route {
+			return rs.Sessions, nil
+		}
+	}
+	return 0, fmt.Errorf("GET /status: no route %s", route)
+}
+
+// getStatus decodes GET /status of hamr's admin endpoint, inside r's
+// namespace, into v.
+func (r *router) getStatus(v any) error {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return r.h.dial(ctx, addr, time.Second)
@@ -159,28 +197,20 @@ func (r *router) status() (vrrpStatus, error) {
 	client := http.Client{Transport: tr, Timeout: 2 * time.Second}
 	resp, err := client.Get("http://" + r.admin + "/status")
 	if err != nil {
-		return vrrpStatus{}, err
+		return err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return vrrpStatus{}, fmt.Errorf("GET /status: %w", err)
+		return fmt.Errorf("GET /status: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return vrrpStatus{}, fmt.Errorf("GET /status: %s: %s", resp.Status, body)
+		return fmt.Errorf("GET /status: %s: %s", resp.Status, body)
 	}
-	var st struct {
-		VRRP []vrrpStatus `json:"vrrp"`
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("GET /status: %w", err)
 	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return vrrpStatus{}, fmt.Errorf("GET /status: %w", err)
-	}
-	for _, v := range st.VRRP {
-		if v.Name == "VI_1" {
-			return v, nil
-		}
-	}
-	return vrrpStatus{}, fmt.Errorf("GET /status: no VI_1 in %s", body)
+	return nil
 }
 
 func (r *router) hamrState() (string, error) {

@@ -331,3 +331,94 @@ func TestHamrTrackFallbackRoute(t *testing.T) {
 	stop = serve()
 	r.waitState("MASTER", startTimeout(fast))
 }
+
+// TestHamrStopClosesRemovedRouteOnVIP: a route on the VIP that a reload
+// removed drains in the background. When hamr stops and gives the VIP up,
+// that route's sessions are closed with the others' (their clients'
+// packets now go to the other router), so hamr exits at once instead of
+// waiting out drain_timeout for them.
+func TestHamrStopClosesRemovedRouteOnVIP(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	h := l.r1
+	const db = "127.0.0.1:9201" // holds every connection, inside r1
+	var ln net.Listener
+	if err := h.do(func() (err error) { ln, err = net.Listen("tcp", db); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+
+	write := func(route string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
+		b.WriteString("[health]\nlevel = \"tcp\"\n\n")
+		fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
+		fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
+		fmt.Fprintf(&b, "[routing.%s]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n", route, vipAddr, vipPort, db)
+		path := filepath.Join(l.dir, "removed.toml")
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	path := write("old")
+	r := l.start("hamr", h, "hamr-removed", hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+	r.waitState("MASTER", startTimeout(fast))
+	l.r1.waitVIP(t, true, 2*time.Second)
+
+	c, err := l.cl.dial(t.Context(), fmt.Sprintf("%s:%d", vipAddr, vipPort), 5*time.Second)
+	if err != nil {
+		t.Fatalf("client through the VIP: %v", err)
+	}
+	defer c.Close()
+	waitSessions := func(route string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if n, err := r.sessions(route); err == nil && n == 1 {
+				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("route %s: %d sessions (%v) after 5s, want the client's 1", route, n, err)
+			}
+		}
+	}
+	waitSessions("old")
+	write("new") // same VIP and port, another name: "old" is removed
+	r.signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(r.log(), "configuration reloaded"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("hamr did not reload within 5s")
+		}
+	}
+	waitSessions("old") // draining now
+
+	start := time.Now()
+	r.terminate()
+	if !r.waitExit(stopWait) {
+		t.Fatalf("hamr still running %v after SIGTERM: the removed route's session on the VIP kept it (drain_timeout %v)",
+			time.Since(start).Round(time.Millisecond), drainTimeout)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("client of the removed route after the stop: read %d bytes, %v; want the session closed", n, err)
+	}
+}
