@@ -2,7 +2,6 @@ package vrrp
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -287,25 +286,7 @@ func TestHamrTrackFallbackRoute(t *testing.T) {
 	l := newLab(t)
 	h := l.r1
 	const db = "127.0.0.1:9101" // the read-write route's database, on h's loopback
-	serve := func() (stop func()) {
-		var ln net.Listener
-		if err := h.do(func() (err error) { ln, err = net.Listen("tcp", db); return err }); err != nil {
-			t.Fatalf("database listener: %v", err)
-		}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-		return func() { ln.Close(); <-done }
-	}
-	stop := serve()
+	stop := h.listen(t, db, false)
 	defer func() { stop() }()
 
 	var b strings.Builder
@@ -328,7 +309,7 @@ func TestHamrTrackFallbackRoute(t *testing.T) {
 	if l.r1.hasVIP(t) {
 		t.Error("the VIP stayed on r1 in FAULT")
 	}
-	stop = serve()
+	stop = h.listen(t, db, false)
 	r.waitState("MASTER", startTimeout(fast))
 }
 
@@ -343,29 +324,7 @@ func TestHamrStopClosesRemovedRouteOnVIP(t *testing.T) {
 	l := newLab(t)
 	h := l.r1
 	const db = "127.0.0.1:9201" // holds every connection, inside r1
-	var ln net.Listener
-	if err := h.do(func() (err error) { ln, err = net.Listen("tcp", db); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var held []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range held {
-			c.Close()
-		}
-	})
+	h.listen(t, db, true)
 
 	write := func(route string) string {
 		var b strings.Builder

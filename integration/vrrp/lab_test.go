@@ -185,6 +185,45 @@ func (h *host) dial(ctx context.Context, addr string, timeout time.Duration) (ne
 	return c, err
 }
 
+// listen accepts connections on addr inside h's namespace, and closes
+// each at once, or with hold keeps them all open, until stop or the end
+// of the test.
+func (h *host) listen(t testing.TB, addr string, hold bool) (stop func()) {
+	t.Helper()
+	var ln net.Listener
+	if err := h.do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatalf("%s: listen %s: %v", h.id, addr, err)
+	}
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if hold {
+				held = append(held, c)
+			} else {
+				c.Close()
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			ln.Close()
+			<-done
+			for _, c := range held {
+				c.Close()
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // respond serves h.id+"\n" to every connection on addr inside h's
 // namespace until the test ends.
 func (h *host) respond(t testing.TB, addr string) {
