@@ -476,7 +476,10 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 		return // another virtual router: ignored, not dropped
 	}
 	var reason string
-	if p.ttl != 255 {
+	// RFC 5798 wants TTL 255, which proves the sender on the link. A
+	// unicast advert may cross routers, so, as keepalived does, the check
+	// applies to multicast only.
+	if p.ttl != 255 && len(i.cfg.UnicastPeers) == 0 {
 		reason = ReasonTTL
 	} else if a, err := Decode(p.payload, p.src, p.dst); err != nil {
 		reason = ReasonShort

@@ -6,8 +6,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hamr-project/hamr/conf"
 )
 
 type fakeClock struct{ now time.Time }
@@ -489,5 +492,52 @@ func TestEffectivePriority(t *testing.T) {
 		if got != tt.want || fault != tt.fault {
 			t.Errorf("effectivePriority(%d, %v) = %d, %v; want %d, %v", tt.base, tt.unhealthy, got, fault, tt.want, tt.fault)
 		}
+	}
+}
+
+// TestHandleTTL: a multicast advert must arrive with TTL 255; a unicast
+// one may have crossed routers, and keepalived accepts it at any TTL.
+func TestHandleTTL(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		unicast bool
+		ttl     int
+		dropped bool
+	}{
+		{"multicast, TTL 255", false, 255, false},
+		{"multicast, TTL 254", false, 254, true},
+		{"unicast, TTL 255", true, 255, false},
+		{"unicast, TTL 62", true, 62, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			vc := &conf.VRRP{Name: "VI_1"}
+			dst := Group
+			if tt.unicast {
+				cfg.peers = []netip.Addr{higher}
+				vc.UnicastPeers = cfg.peers
+				dst = self
+			}
+			h := newHarness(cfg, 100)
+			h.m.start()
+			in := &Instance{cfg: vc, log: slog.New(slog.DiscardHandler), status: Status{Dropped: map[string]uint64{}}}
+			a := Advert{Version: 3, VRID: 51, Priority: 200, Interval: time.Second, Addrs: []netip.Addr{someVIP}}
+			b, err := a.Marshal(higher, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.advance(2 * time.Second)
+			in.handle(h.m, rawPacket{src: higher, dst: dst, ttl: tt.ttl, payload: b})
+			// The master down interval (3.6 s) ends at 3.6 s from the start
+			// unless the advert was heard, which moves it to 5.6 s.
+			h.advance(5 * time.Second)
+			if got := in.status.Dropped[ReasonTTL] > 0; got != tt.dropped {
+				t.Errorf("dropped for TTL: %v, want %v (dropped %v)", got, tt.dropped, in.status.Dropped)
+			}
+			master := slices.ContainsFunc(h.transitions, func(s string) bool { return strings.HasSuffix(s, "BACKUP->MASTER") })
+			if master != tt.dropped {
+				t.Errorf("transitions %v: want BACKUP->MASTER by 5s only if the advert was dropped", h.transitions)
+			}
+		})
 	}
 }
