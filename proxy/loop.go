@@ -138,12 +138,13 @@ func (l *loop) post(fn func(*loop)) {
 		return
 	}
 	l.cmds = append(l.cmds, fn)
-	first := len(l.cmds) == 1
-	l.mu.Unlock()
-	if first {
+	if len(l.cmds) == 1 {
+		// Under mu: release closes efd only after setting exited, so
+		// this write cannot land in a descriptor that reused the number.
 		var one = [8]byte{1}
 		unix.Write(l.efd, one[:])
 	}
+	l.mu.Unlock()
 }
 
 // call runs fn on the loop's goroutine and waits for it. It must not be

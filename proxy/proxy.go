@@ -88,6 +88,7 @@ type Route struct {
 
 	mu       sync.Mutex
 	oldFb    []*dest   // destinations of earlier fallbacks that still have sessions
+	unwatch  []func()  // unregister r.changed from the routing.Routes, at Shutdown
 	ln       *listener // nil while not listening
 	addr     string    // bound address, reused when re-binding
 	started  bool
@@ -181,11 +182,10 @@ func (r *Route) FallbackChanged() {
 	}
 	r.oldFb = slices.DeleteFunc(kept, func(d *dest) bool { return len(d.sessions) == 0 })
 	r.fb.Store(r.newFallback(fb))
-	started := r.started
-	r.mu.Unlock()
-	if started {
-		fb.Watch(r.changed)
+	if r.started {
+		r.unwatch = append(r.unwatch, fb.Watch(r.changed))
 	}
+	r.mu.Unlock()
 	r.changed()
 }
 
@@ -242,12 +242,11 @@ func (r *Route) Start() error {
 	}
 	r.started = true
 	r.addr = ln.addr
-	// Watch before the first session, so that no primary move is missed.
-	// routing.Route cannot forget a watcher: after Shutdown, changed
-	// finds nothing to do.
-	r.rt.Watch(r.changed)
+	// Watch before the first session, so that no primary move is missed;
+	// Shutdown stops watching.
+	r.unwatch = append(r.unwatch, r.rt.Watch(r.changed))
 	if f := r.fb.Load(); f != nil {
-		f.rt.Watch(r.changed)
+		r.unwatch = append(r.unwatch, f.rt.Watch(r.changed))
 	}
 	r.serveListener(ln)
 	r.log.Info("listening", "addr", r.addr)
@@ -368,8 +367,16 @@ func (r *Route) CloseSessions() int {
 	return n
 }
 
-// stopLoops ends the loops once no session is left.
+// stopLoops ends the loops once no session is left, and stops watching
+// the routing.Routes: a fallback route that outlives this one (a reload
+// replaced only this one) must not keep it alive.
 func (r *Route) stopLoops() {
+	r.mu.Lock()
+	for _, stop := range r.unwatch {
+		stop()
+	}
+	r.unwatch = nil
+	r.mu.Unlock()
 	for _, l := range r.loops {
 		l.post(func(l *loop) { l.closed = true })
 	}

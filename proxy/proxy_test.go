@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/hamr-project/hamr/routing"
 	"github.com/prometheus/client_golang/prometheus"
@@ -473,6 +474,37 @@ func TestFallbackChanged(t *testing.T) {
 	}
 	wantClosed(t, c)
 	wantClosed(t, c2)
+}
+
+// TestShutdownForgetsFallback: a read-only Route that is shut down while
+// its fallback route lives on (a reload replaced only the read-only
+// route) is not kept alive by the fallback's watchers.
+func TestShutdownForgetsFallback(t *testing.T) {
+	rw := newRouting(t, routing.FirstAvailable, refusedAddr(t))
+	var gone []weak.Pointer[Route]
+	for range 3 {
+		rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, rw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := New(Config{Name: "ro", Addr: "127.0.0.1:0", ConnectTimeout: time.Second, MaxConnections: 10}, rt, Options{})
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, weak.Make(p))
+	}
+	for range 5 {
+		runtime.GC()
+	}
+	for i, w := range gone {
+		if w.Value() != nil {
+			t.Errorf("route %d is still reachable after Shutdown: the fallback route keeps it", i)
+		}
+	}
+	rw.SetUp(0, false) // the fallback's watchers run: none of a shut-down route
 }
 
 func TestCloseListenerWhenDown(t *testing.T) {

@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -43,11 +44,11 @@ type Route struct {
 
 	mu       sync.Mutex
 	up       []bool
-	burned   []bool // next-available: marked down since the last reset
-	primary  int    // -1 when none; first-available and next-available only
-	next     int    // round-robin cursor
-	epoch    uint64 // incremented each time the primary changes
-	watchers []func()
+	burned   []bool    // next-available: marked down since the last reset
+	primary  int       // -1 when none; first-available and next-available only
+	next     int       // round-robin cursor
+	epoch    uint64    // incremented each time the primary changes
+	watchers []*func() // replaced, never modified in place: notify reads a snapshot
 }
 
 // New returns a route over dests (host:port, in preference order) with every
@@ -123,15 +124,24 @@ func (r *Route) hasPrimary() bool {
 // every change of state: a destination going up or down, or the primary
 // moving. Calls may arrive concurrently and out of order, so fn should read
 // the current state rather than trust its position in a sequence.
-func (r *Route) Watch(fn func()) {
+// The returned stop unregisters fn, so that a watcher with a shorter
+// life (a route replaced by a reload) is not kept alive by this one; fn
+// may still run once after stop, from a notification already under way.
+func (r *Route) Watch(fn func()) (stop func()) {
+	w := &fn
 	r.mu.Lock()
-	r.watchers = append(r.watchers, fn)
+	r.watchers = append(slices.Clip(r.watchers), w)
 	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		r.watchers = slices.DeleteFunc(slices.Clone(r.watchers), func(o *func()) bool { return o == w })
+		r.mu.Unlock()
+	}
 }
 
-func (r *Route) notify(ws []func()) {
+func (r *Route) notify(ws []*func()) {
 	for _, fn := range ws {
-		fn()
+		(*fn)()
 	}
 }
 

@@ -216,6 +216,15 @@ func TestWatch(t *testing.T) {
 	if got := r.State(); !got[0].Primary || got[1].Up {
 		t.Fatalf("state = %+v", got)
 	}
+	var other int
+	stop := r.Watch(func() { other++ })
+	r.SetUp(1, true)
+	stop()
+	stop() // twice: harmless
+	r.SetUp(1, false)
+	if calls != 6 || other != 1 {
+		t.Fatalf("after stop: %d and %d calls, want 6 for the first watcher and 1 for the stopped one", calls, other)
+	}
 }
 
 // TestConcurrentPicks checks that concurrent picks and state changes never

@@ -83,6 +83,7 @@ type route struct {
 	cancel  context.CancelFunc // stops the checkers and the split-brain watch
 	wg      sync.WaitGroup
 	removed atomic.Bool // removeRoute ran: the fallback's watcher does nothing
+	unwatch func()      // stops watching the fallback route; guarded by daemon.mu
 
 	changeMu sync.Mutex // serialises routeChanged, so that the last call publishes the latest state
 
@@ -493,6 +494,9 @@ func (d *daemon) removeRoute(name string) {
 	r := d.routes[name]
 	delete(d.routes, name)
 	r.removed.Store(true)
+	if r.unwatch != nil {
+		r.unwatch() // the fallback may stay: it must not keep r alive
+	}
 	r.cancel()
 	r.px.StopAccepting() // now, so that a replacement can bind the port
 	d.liveMu.Lock()
@@ -534,11 +538,14 @@ func (d *daemon) removeRoute(name string) {
 	}()
 }
 
-// watchFallback makes r follow fb's changes: r's availability depends on
-// its fallback's primary. A routing.Route keeps its watchers, so this one
-// does nothing once r is gone or falls back elsewhere.
+// watchFallback makes r follow fb's changes, in place of the route it
+// followed before: r's availability depends on its fallback's primary.
+// d.mu must be held.
 func (d *daemon) watchFallback(r, fb *route) {
-	fb.rt.Watch(func() {
+	if r.unwatch != nil {
+		r.unwatch()
+	}
+	r.unwatch = fb.rt.Watch(func() {
 		if !r.removed.Load() && r.fallback.Load() == fb {
 			d.routeChanged(r)
 		}
