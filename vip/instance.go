@@ -49,8 +49,7 @@ type Status struct {
 }
 
 // Instance is one VRRP instance ([vrrp.NAME]). Create it with New, start
-// it with Start (or Run); SetRouteHealthy and Status are safe from any
-// goroutine.
+// it with Start; SetRouteHealthy and Status are safe from any goroutine.
 type Instance struct {
 	cfg  *conf.VRRP
 	log  *slog.Logger
@@ -118,13 +117,14 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 // Check reports what keeps cfg from running on this host, without
 // changing anything: a setting the codec or the machine cannot work with,
 // a missing interface or one without an Ethernet address, no IPv4 address
-// to send adverts from, or no permission to open the VRRP socket. New calls it; a reload calls it
-// before it stops the instance that runs now.
+// to send adverts from, or no permission to open the VRRP socket. New
+// calls it; a reload calls it before it stops the instance that runs now.
 func Check(cfg *conf.VRRP) error {
-	if err := check(cfg); err != nil {
-		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
+	err := check(cfg)
+	if err == nil {
+		err = checkHost(cfg)
 	}
-	if err := checkHost(cfg); err != nil {
+	if err != nil {
 		return fmt.Errorf("vip: vrrp.%s: %w", cfg.Name, err)
 	}
 	return nil
@@ -281,15 +281,6 @@ func (i *Instance) Start(ctx context.Context) error {
 // Wait returns once an instance that started has stopped, and at once
 // after a failed Start.
 func (i *Instance) Wait() { <-i.done }
-
-// Run is Start followed by Wait.
-func (i *Instance) Run(ctx context.Context) error {
-	if err := i.Start(ctx); err != nil {
-		return err
-	}
-	i.Wait()
-	return nil
-}
 
 // host is what a started instance holds: netlink handles, its sockets,
 // and the virtual addresses it manages.

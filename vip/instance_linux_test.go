@@ -135,16 +135,15 @@ func in(t *testing.T, ns netns.NsHandle, fn func()) {
 	}
 }
 
-// running is an Instance whose Run goroutine lives in a namespace.
+// running is an Instance started inside a namespace.
 type running struct {
 	*Instance
 	cancel context.CancelFunc
-	done   chan error
 	once   sync.Once
 }
 
-// start creates and runs an instance inside ns; the test's cleanup stops
-// it if the test did not.
+// start creates and starts an instance inside ns; the test's cleanup
+// stops it if the test did not.
 func start(t *testing.T, ns netns.NsHandle, cfg *conf.VRRP, reg prometheus.Registerer, with ...func(*Options)) *running {
 	t.Helper()
 	var inst *Instance
@@ -159,31 +158,27 @@ func start(t *testing.T, ns netns.NsHandle, cfg *conf.VRRP, reg prometheus.Regis
 		t.Fatalf("New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{Instance: inst, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			r.done <- err
-			return
-		}
-		r.done <- inst.Run(ctx)
-	}()
+	in(t, ns, func() { err = inst.Start(ctx) })
+	if err != nil {
+		cancel()
+		t.Fatalf("Start: %v", err)
+	}
+	r := &running{Instance: inst, cancel: cancel}
 	t.Cleanup(func() { r.stop(t) })
 	return r
 }
 
-// stop cancels Run and waits for it; later calls do nothing.
+// stop cancels the instance and waits for it; later calls do nothing.
 func (r *running) stop(t *testing.T) {
 	t.Helper()
 	r.once.Do(func() {
 		r.cancel()
+		done := make(chan struct{})
+		go func() { r.Wait(); close(done) }()
 		select {
-		case err := <-r.done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
+		case <-done:
 		case <-time.After(20 * time.Second):
-			t.Errorf("Run did not return")
+			t.Errorf("the instance did not stop")
 		}
 	})
 }
@@ -344,7 +339,7 @@ func TestInstanceFailover(t *testing.T) {
 		t.Errorf("OnLeaveMaster called %d times on a graceful stop of the master, want 1", n)
 	}
 	if st := a.Status().State; st != "STOPPED" {
-		t.Errorf("a state after Run = %s", st)
+		t.Errorf("a state after Start = %s", st)
 	}
 	if hasAddr(t, l.hA, l.ifA, vip.Addr()) {
 		t.Error("a left the VIP behind after a graceful stop")

@@ -11,7 +11,7 @@ import (
 type State int
 
 // States of RFC 5798 section 6.4, plus Fault (keepalived's: a tracked
-// interface or route is down) and Stopped (after Run returns).
+// interface or route is down) and Stopped (after the instance has resigned).
 const (
 	StateInit State = iota
 	StateBackup
