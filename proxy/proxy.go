@@ -165,9 +165,9 @@ func (r *Route) fbDests() []*dest {
 }
 
 // FallbackChanged follows the routing.Route to the fallback it now has
-// (routing.Route.SetFallback): new clients fall back to it. Sessions open
-// through the previous one go on, and are still counted and closed with
-// the route's own.
+// (routing.Route.SetFallback, which has told r's watcher already): new
+// clients fall back to it. Sessions open through the previous one go on,
+// and are still counted and closed with the route's own.
 func (r *Route) FallbackChanged() {
 	fb := r.rt.Fallback()
 	r.mu.Lock()
@@ -186,7 +186,6 @@ func (r *Route) FallbackChanged() {
 		r.unwatch = append(r.unwatch, fb.Watch(r.changed))
 	}
 	r.mu.Unlock()
-	r.changed()
 }
 
 func (r *Route) check() error {

@@ -82,7 +82,7 @@ type route struct {
 
 	cancel  context.CancelFunc // stops the checkers and the split-brain watch
 	wg      sync.WaitGroup
-	removed atomic.Bool // removeRoute ran: the fallback's watcher does nothing
+	removed atomic.Bool // removeRoute ran: routeChanged does nothing
 	unwatch func()      // stops watching the fallback route; guarded by daemon.mu
 
 	changeMu sync.Mutex // serialises routeChanged, so that the last call publishes the latest state
@@ -545,15 +545,12 @@ func (d *daemon) watchFallback(r, fb *route) {
 	if r.unwatch != nil {
 		r.unwatch()
 	}
-	r.unwatch = fb.rt.Watch(func() {
-		if !r.removed.Load() && r.fallback.Load() == fb {
-			d.routeChanged(r)
-		}
-	})
+	r.unwatch = fb.rt.Watch(func() { d.routeChanged(r) })
 }
 
 // repointFallback makes a kept route fall back to fb, the route a reload
 // put in place of its fallback: its sessions, listener and rotation stay.
+// SetFallback tells r's watchers (the proxy's, routeChanged).
 func (d *daemon) repointFallback(r, fb *route) {
 	if err := r.rt.SetFallback(fb.rt); err != nil {
 		d.log.Error("route cannot fall back to the new route", "route", r.name, "fallback", fb.name, "err", err)
@@ -562,7 +559,6 @@ func (d *daemon) repointFallback(r, fb *route) {
 	r.fallback.Store(fb)
 	d.watchFallback(r, fb)
 	r.px.FallbackChanged()
-	d.routeChanged(r)
 	d.log.Info("route kept; it falls back to the new route", "route", r.name, "fallback", fb.name)
 }
 
@@ -595,6 +591,12 @@ func (d *daemon) routeChanged(r *route) {
 	// publish its state after a newer one.
 	r.changeMu.Lock()
 	defer r.changeMu.Unlock()
+	if r.removed.Load() {
+		// A route draining after a reload may still change (a dial of a
+		// client being connected fails): its name, metrics and VRRP
+		// tracking belong to the route that replaced it, if any.
+		return
+	}
 	p := r.rt.Primary()
 	r.mu.Lock()
 	old := r.primary
