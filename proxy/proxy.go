@@ -69,7 +69,6 @@ type Route struct {
 
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
 	dests     []*dest // rt's destinations, by index
-	attempts  int     // dial attempts per client on rt's own destinations (add the fallback's)
 
 	refusedMax, refusedNoDest prometheus.Counter
 	errTooMany, errNoDest     []byte // ERR packets
@@ -130,7 +129,6 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 	for _, a := range rt.Destinations() {
 		r.dests = append(r.dests, m.dest(cfg.Name, a))
 	}
-	r.attempts = len(r.dests) + 1
 	r.m = m
 	if fb := rt.Fallback(); fb != nil {
 		r.fb.Store(r.newFallback(fb))
@@ -152,6 +150,17 @@ func (r *Route) newFallback(fb *routing.Route) *fallback {
 		f.dests = append(f.dests, r.m.dest(r.cfg.Name, a))
 	}
 	return f
+}
+
+// attempts is how many dials a client may take: one per destination,
+// the fallback's included, and one more for a primary that moved while
+// it was dialed.
+func (r *Route) attempts() int {
+	n := len(r.dests) + 1
+	if f := r.fb.Load(); f != nil {
+		n += len(f.dests)
+	}
+	return n
 }
 
 // fbDests returns the destinations of the current fallback, and of the

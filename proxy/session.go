@@ -154,10 +154,7 @@ func peer(fd int) string {
 // the number of attempts is bounded by the number of destinations.
 func (l *loop) connect(s *session) {
 	r := l.r
-	attempts := r.attempts
-	if f := r.fb.Load(); f != nil {
-		attempts += len(f.dests)
-	}
+	attempts := r.attempts()
 	for s.attempt < attempts {
 		s.attempt++
 		p, err := r.rt.Pick()
