@@ -161,7 +161,8 @@ func columnName(data []byte) (string, error) {
 }
 
 // lenencInt reads a length-encoded integer at the start of b; ok is false
-// if b is too short for it.
+// if b is too short for it. (go-mysql's LengthEncodedInt and
+// LengthEncodedString index past the end of a short packet.)
 func lenencInt(b []byte) (v uint64, null bool, used int, ok bool) {
 	if len(b) == 0 {
 		return 0, false, 0, false
