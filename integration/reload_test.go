@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestReload checks configuration reloads: a broken file keeps the old
@@ -380,4 +382,73 @@ func TestReloadWildcardBeside(t *testing.T) {
 		t.Fatalf("connect to rw after the rejected reload: %v", err)
 	}
 	c.Close()
+}
+
+// TestRemovedRouteStaysQuiet: a route that a reload replaced keeps
+// draining, and its state may still change (a dial of a client it was
+// connecting fails). That must not be published under the route's name,
+// which now belongs to the new route: no "primary moved", no move counted.
+func TestRemovedRouteStaysQuiet(t *testing.T) {
+	hang := hangingAddr(t)
+	b, release := holdServer(t)
+	defer release()
+	rw := routeConfig{Name: "rw", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{hang, b}}
+	cfg := hamrConfig{Level: "tcp", Drain: 30 * time.Second, Routes: []routeConfig{rw}}
+	h := startHamr(t, cfg)
+	c, err := net.DialTimeout("tcp", Addr(rw.Port), 2*time.Second) // dialed to hang: never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	cfg.Routes[0].Dests = []string{b} // rw replaced; the old one drains with the client
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	before, err := h.metric("hamr_route_primary_moves_total", "route", "rw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old route's dial to hang times out (connect_timeout 1s) and
+	// marks it down there, which moves that route's primary; its
+	// watchers have run by the time this line is logged.
+	waitFor(t, 10*time.Second, "the old route's dial to time out", func() (bool, error) {
+		return h.logContains("dial failed; destination marked down"), nil
+	})
+	if after, err := h.metric("hamr_route_primary_moves_total", "route", "rw"); err != nil || after != before {
+		t.Errorf("hamr_route_primary_moves_total{route=rw} %v -> %v (%v): the replaced route's move was counted", before, after, err)
+	}
+	if h.logContains(`"primary moved" route=rw`) {
+		t.Errorf("the replaced route's move was logged for rw:\n%s", h.log.tail(10))
+	}
+}
+
+// hangingAddr returns the address of a listener whose accept queue is
+// full: the kernel drops further SYNs, so a connect to it neither
+// succeeds nor fails until it times out.
+func hangingAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := Addr(sa.(*unix.SockaddrInet4).Port)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second) // fills a queue of length 0
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return addr
 }
