@@ -214,7 +214,8 @@ destinations = ["10.0.0.1:3306"]
 max_replication_lag = "5s"
 `, []string{`6 routing.rw.max_replication_lag: set on a read-write route`,
 			`11 routing.ro.max_replication_lag: needs health level "role" to read replication lag (the level here is "tcp")`}},
-		{"level needs user", "[health]\nlevel = \"role\"\n" + route + "[routing.rw.health]\nlevel = \"login\"\n",
+		{"level needs user", "[health]\nlevel = \"role\"\n" + route + "[routing.rw.health]\nlevel = \"login\"\n" +
+			"[routing.rw2]\nbind_port = 7003\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n",
 			[]string{`2 health.level: "role" needs a user`,
 				`9 routing.rw.health.level: "login" needs a user`}},
 		{"small counts", "[health]\nrise = 0\nfall = -1\n" + route + "max_connections = 0\n",
@@ -522,6 +523,17 @@ fall = 5
 	}
 	if c.Health.Level != LevelTCP || c.Routes[0].Health.Level != LevelLogin {
 		t.Errorf("levels: global %q, route %q; want tcp, login", c.Health.Level, c.Routes[0].Health.Level)
+	}
+
+	// A role level in [health] needs no user there when every route
+	// brings its own.
+	src = "[health]\nlevel = \"role\"\n" + route + "[routing.rw.health]\nuser = \"a\"\n"
+	c, err = Parse("m.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := c.Routes[0].Health; h.Level != LevelRole || h.User != "a" {
+		t.Errorf("route health: level %q, user %q; want role, a", h.Level, h.User)
 	}
 }
 

@@ -22,7 +22,8 @@ func (d *decoder) validate(c *Config) {
 		}
 	}
 
-	d.checkUser(d.sections["health"], d.sections["health"], c.Health)
+	// A user-less login or role level in [health] is an error only where
+	// a route inherits it: routes that set their own user need none there.
 	for _, r := range c.Routes {
 		t := d.routeT[r]
 		d.checkStrategy(t, r, routes, rwNames)
