@@ -83,6 +83,16 @@ func (m *Metrics) DeleteRoute(name string) {
 	m.refusals.DeletePartialMatch(l)
 }
 
+// deleteDest removes the series of one destination of a route: one that
+// an earlier fallback had and no session uses any more.
+func (m *Metrics) deleteDest(route, addr string) {
+	l := prometheus.Labels{"route": route, "destination": addr}
+	m.active.Delete(l)
+	m.total.Delete(l)
+	m.dialErrs.Delete(l)
+	m.bytes.DeletePartialMatch(l)
+}
+
 // Refusal reasons (label values of hamr_route_refusals_total).
 const (
 	reasonMaxConns = "max_connections"

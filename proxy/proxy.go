@@ -185,16 +185,44 @@ func (r *Route) FallbackChanged() {
 		r.mu.Unlock()
 		return
 	}
-	kept := r.oldFb
 	if old != nil {
-		kept = append(kept, old.dests...)
+		r.oldFb = append(r.oldFb, old.dests...)
 	}
-	r.oldFb = slices.DeleteFunc(kept, func(d *dest) bool { return len(d.sessions) == 0 })
 	r.fb.Store(r.newFallback(fb))
+	r.retire()
 	if r.started {
 		r.unwatch = append(r.unwatch, fb.Watch(r.changed))
 	}
 	r.mu.Unlock()
+}
+
+// retire forgets the destinations of earlier fallbacks that have no
+// session left, and deletes their series unless the route still has a
+// destination at that address. r.mu must be held.
+func (r *Route) retire() {
+	live := make(map[string]bool)
+	for _, d := range r.dests {
+		live[d.addr] = true
+	}
+	if f := r.fb.Load(); f != nil {
+		for _, d := range f.dests {
+			live[d.addr] = true
+		}
+	}
+	for _, d := range r.oldFb {
+		if len(d.sessions) > 0 {
+			live[d.addr] = true
+		}
+	}
+	r.oldFb = slices.DeleteFunc(r.oldFb, func(d *dest) bool {
+		if len(d.sessions) > 0 {
+			return false
+		}
+		if !live[d.addr] {
+			r.m.deleteDest(r.cfg.Name, d.addr)
+		}
+		return true
+	})
 }
 
 func (r *Route) check() error {
@@ -342,6 +370,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.closing = true
 	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
+	r.retire()
 	r.mu.Unlock()
 	for _, l := range r.loops {
 		l.post(func(l *loop) { l.closeAll() }) // clients still being connected
@@ -363,6 +392,7 @@ func (r *Route) CloseSessions() int {
 	r.mu.Lock()
 	gen := r.gen.Add(1) // clients still being connected are dropped too
 	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
+	r.retire()
 	// A dial in progress could take connect_timeout to end: the loops
 	// drop those clients now.
 	for _, l := range r.loops {

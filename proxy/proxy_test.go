@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -474,6 +475,63 @@ func TestFallbackChanged(t *testing.T) {
 	}
 	wantClosed(t, c)
 	wantClosed(t, c2)
+}
+
+// TestFallbackChangedSeries: the series of a replaced fallback's
+// destinations go once its last session ends, so that /metrics does not
+// list a gone destination at 0 until a restart.
+func TestFallbackChangedSeries(t *testing.T) {
+	oldPrimary := newBackend(t, named("old"))
+	newPrimary := newBackend(t, named("new"))
+	replica := refusedAddr(t)
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{replica}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.SetUp(0, false)
+	reg := prometheus.NewRegistry()
+	p := startRoute(t, Config{Name: "ro"}, rt, Options{Metrics: NewMetrics(reg)})
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "old" {
+		t.Fatalf("reached %q (%v), want old", name, err)
+	}
+	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, newPrimary.addr())); err != nil {
+		t.Fatal(err)
+	}
+	p.FallbackChanged()
+	want := []string{newPrimary.addr(), oldPrimary.addr(), replica}
+	slices.Sort(want)
+	if got := seriesDests(t, reg); !slices.Equal(got, want) {
+		t.Errorf("with a session through the old fallback: series for %v, want %v", got, want)
+	}
+	c.Close()
+	want = slices.DeleteFunc(want, func(a string) bool { return a == oldPrimary.addr() })
+	eventually(t, "old fallback's series gone", func() bool { return slices.Equal(seriesDests(t, reg), want) })
+}
+
+// seriesDests returns the destinations that hamr_route_sessions_active
+// has a series for, sorted.
+func seriesDests(t *testing.T, reg *prometheus.Registry) []string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []string
+	for _, mf := range mfs {
+		if mf.GetName() != "hamr_route_sessions_active" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "destination" {
+					ds = append(ds, l.GetValue())
+				}
+			}
+		}
+	}
+	slices.Sort(ds)
+	return ds
 }
 
 // TestShutdownForgetsFallback: a read-only Route that is shut down while

@@ -577,6 +577,9 @@ func (r *Route) unregister(s *session) {
 	if _, ok := s.d.sessions[s]; ok {
 		delete(s.d.sessions, s)
 		s.d.active.Dec()
+		if len(s.d.sessions) == 0 && len(r.oldFb) > 0 {
+			r.retire()
+		}
 	}
 	r.mu.Unlock()
 }
