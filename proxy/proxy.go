@@ -175,25 +175,29 @@ func (r *Route) fbDests() []*dest {
 
 // FallbackChanged follows the routing.Route to the fallback it now has
 // (routing.Route.SetFallback, which has told r's watcher already): new
-// clients fall back to it. Sessions open through the previous one go on,
-// and are still counted and closed with the route's own.
+// clients fall back to it, or to nothing if it is nil. Sessions open
+// through the previous one go on, and are still counted and closed with
+// the route's own.
 func (r *Route) FallbackChanged() {
 	fb := r.rt.Fallback()
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	old := r.fb.Load()
-	if fb == nil || old != nil && old.rt == fb {
-		r.mu.Unlock()
+	if old == nil && fb == nil || old != nil && old.rt == fb {
 		return
 	}
 	if old != nil {
 		r.oldFb = append(r.oldFb, old.dests...)
 	}
-	r.fb.Store(r.newFallback(fb))
-	r.retire()
-	if r.started {
-		r.unwatch = append(r.unwatch, fb.Watch(r.changed))
+	if fb == nil {
+		r.fb.Store(nil)
+	} else {
+		r.fb.Store(r.newFallback(fb))
+		if r.started {
+			r.unwatch = append(r.unwatch, fb.Watch(r.changed))
+		}
 	}
-	r.mu.Unlock()
+	r.retire()
 }
 
 // retire forgets the destinations of earlier fallbacks that have no

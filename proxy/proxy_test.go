@@ -477,6 +477,43 @@ func TestFallbackChanged(t *testing.T) {
 	wantClosed(t, c2)
 }
 
+// TestFallbackDropped: a read-only route whose fallback is taken away
+// (the new fallback route did not start) refuses new clients while its
+// replicas are down, and still counts and closes the sessions it opened
+// through the old fallback.
+func TestFallbackDropped(t *testing.T) {
+	oldPrimary := newBackend(t, named("old"))
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.SetUp(0, false)
+	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "old" {
+		t.Fatalf("reached %q (%v), want old", name, err)
+	}
+	if err := rt.SetFallback(nil); err != nil {
+		t.Fatal(err)
+	}
+	p.FallbackChanged()
+	refused := dialProxy(t, p)
+	refused.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if pkt, err := io.ReadAll(refused); err != nil || len(pkt) < 5 || pkt[4] != 0xff {
+		t.Fatalf("client without fallback read %q (%v), want an ERR packet", pkt, err)
+	}
+	if err := roundTrip(c, "still here"); err != nil {
+		t.Fatalf("session through the old fallback: %v", err)
+	}
+	if n := p.FallbackSessions(); n != 1 {
+		t.Errorf("FallbackSessions = %d, want 1", n)
+	}
+	if n := p.CloseSessions(); n != 1 {
+		t.Errorf("CloseSessions = %d, want 1", n)
+	}
+	wantClosed(t, c)
+}
+
 // TestFallbackChangedSeries: the series of a replaced fallback's
 // destinations go once its last session ends, so that /metrics does not
 // list a gone destination at 0 until a restart.

@@ -94,18 +94,20 @@ func (r *Route) Strategy() Strategy { return r.strategy }
 // Destinations returns the destination list in preference order.
 func (r *Route) Destinations() []string { return append([]string(nil), r.dests...) }
 
-// Fallback returns the fallback route, or nil.
+// Fallback returns the fallback route, or nil (none, or SetFallback(nil)).
 func (r *Route) Fallback() *Route { return r.fallback.Load() }
 
 // SetFallback makes fb the fallback of a round-robin-with-fallback route,
 // in place of the one it had (a reload replaced that route): the route
 // keeps its own state, and its watchers are told, since its availability
-// may have changed.
+// may have changed. A nil fb leaves the route without a fallback until
+// the next SetFallback: the route it fell back to is gone and its
+// replacement did not start.
 func (r *Route) SetFallback(fb *Route) error {
 	switch {
 	case r.strategy != RoundRobinWithFallback:
 		return fmt.Errorf("route %s: %s has no fallback", r.name, r.strategy)
-	case fb == nil || !fb.hasPrimary():
+	case fb != nil && !fb.hasPrimary():
 		return fmt.Errorf("route %s: %s needs a first-available or next-available fallback route", r.name, r.strategy)
 	}
 	r.fallback.Store(fb)
@@ -170,8 +172,10 @@ func (r *Route) Pick() (Pick, error) {
 	}
 	r.mu.Unlock()
 	if r.strategy == RoundRobinWithFallback {
-		if p, err := r.fallback.Load().Pick(); err == nil {
-			return p, nil
+		if fb := r.fallback.Load(); fb != nil {
+			if p, err := fb.Pick(); err == nil {
+				return p, nil
+			}
 		}
 	}
 	return Pick{}, fmt.Errorf("route %s: %w", r.name, ErrNoDestination)
@@ -274,8 +278,8 @@ func (r *Route) Available() bool {
 		}
 	}
 	r.mu.Unlock()
-	if !ok && r.strategy == RoundRobinWithFallback {
-		return r.fallback.Load().Available()
+	if fb := r.fallback.Load(); !ok && fb != nil {
+		return fb.Available()
 	}
 	return ok
 }

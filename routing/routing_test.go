@@ -154,8 +154,20 @@ func TestSetFallback(t *testing.T) {
 	if p, err := ro.Pick(); err != nil || p.Route != rw || p.Addr != "q:2" {
 		t.Fatalf("fallback pick = %+v, %v; want the new route's primary q:2", p, err)
 	}
-	if err := ro.SetFallback(nil); err == nil {
-		t.Error("SetFallback(nil) accepted")
+	// nil: the new fallback did not start. The route serves its own
+	// destinations and has nothing to fall back to.
+	if err := ro.SetFallback(nil); err != nil || calls != 3 || ro.Fallback() != nil {
+		t.Fatalf("SetFallback(nil) = %v; %d watcher calls, fallback %p; want nil, 3 calls (SetUp made one), nil", err, calls, ro.Fallback())
+	}
+	if p, err := ro.Pick(); !errors.Is(err, ErrNoDestination) || ro.Available() {
+		t.Errorf("without fallback, replicas down: Pick = %+v, %v; Available %v; want ErrNoDestination, false", p, err, ro.Available())
+	}
+	ro.SetUp(1, true)
+	if p, err := ro.Pick(); err != nil || p.Addr != "r2:2" || !ro.Available() {
+		t.Errorf("without fallback, r2 up: Pick = %+v, %v; Available %v; want r2:2, true", p, err, ro.Available())
+	}
+	if err := ro.SetFallback(ro); err == nil {
+		t.Error("SetFallback to a round-robin route accepted")
 	}
 	if err := rw.SetFallback(old); err == nil {
 		t.Error("SetFallback on a first-available route accepted")

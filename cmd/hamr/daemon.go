@@ -309,8 +309,12 @@ func (d *daemon) apply(cfg *conf.Config) error {
 			if !reflect.DeepEqual(r.cfg.Health, rc.Health) {
 				d.restartChecks(r, rc)
 			}
-			if fb, ok := d.routes[rc.Fallback]; ok && r.fallback.Load() != fb {
-				d.repointFallback(r, fb)
+			if rc.Fallback != "" {
+				if fb, ok := d.routes[rc.Fallback]; !ok {
+					d.dropFallback(r, rc.Fallback)
+				} else if r.fallback.Load() != fb {
+					d.repointFallback(r, fb)
+				}
 			}
 			continue
 		}
@@ -560,6 +564,28 @@ func (d *daemon) repointFallback(r, fb *route) {
 	d.watchFallback(r, fb)
 	r.px.FallbackChanged()
 	d.log.Info("route kept; it falls back to the new route", "route", r.name, "fallback", fb.name)
+}
+
+// dropFallback leaves a kept route without a fallback: the route it fell
+// back to was removed and its replacement, name, did not start. Rather
+// than falling back to the removed route's last state, which no checker
+// updates any more, r serves its own destinations only until a reload
+// starts name. d.mu must be held.
+func (d *daemon) dropFallback(r *route, name string) {
+	if r.fallback.Load() == nil {
+		return
+	}
+	if err := r.rt.SetFallback(nil); err != nil {
+		d.log.Error("route cannot drop its fallback", "route", r.name, "err", err)
+		return
+	}
+	r.fallback.Store(nil)
+	if r.unwatch != nil {
+		r.unwatch()
+		r.unwatch = nil
+	}
+	r.px.FallbackChanged()
+	d.log.Error("route has no fallback until its fallback route starts", "route", r.name, "fallback", name)
 }
 
 // dialFailed passes a failed dial seen by the proxy to the checker of that
