@@ -434,23 +434,33 @@ func TestReadOnlyFallback(t *testing.T) {
 	}
 }
 
-// TestFallbackChanged: a read-only route whose fallback is replaced keeps
-// the sessions open through the old one (counted, and closed by
-// CloseSessions), and sends new clients to the new one.
-func TestFallbackChanged(t *testing.T) {
+// fallenBack starts a read-only route "ro" over one refused replica,
+// marked down, that falls back to a primary answering "old", and opens one
+// session through that fallback. It returns the routing.Route, the proxy
+// Route, the session and the old primary's and the replica's addresses.
+func fallenBack(t *testing.T, opts Options) (rt *routing.Route, p *Route, c net.Conn, old, replica string) {
+	t.Helper()
 	oldPrimary := newBackend(t, named("old"))
-	newPrimary := newBackend(t, named("new"))
-	oldRW := newRouting(t, routing.FirstAvailable, oldPrimary.addr())
-	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, oldRW)
+	replica = refusedAddr(t)
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{replica}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rt.SetUp(0, false) // every client falls back
-	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
-	c := dialProxy(t, p)
+	p = startRoute(t, Config{Name: "ro"}, rt, opts)
+	c = dialProxy(t, p)
 	if name, err := readLine(c); err != nil || name != "old" {
 		t.Fatalf("reached %q (%v), want old", name, err)
 	}
+	return rt, p, c, oldPrimary.addr(), replica
+}
+
+// TestFallbackChanged: a read-only route whose fallback is replaced keeps
+// the sessions open through the old one (counted, and closed by
+// CloseSessions), and sends new clients to the new one.
+func TestFallbackChanged(t *testing.T) {
+	rt, p, c, _, _ := fallenBack(t, Options{})
+	newPrimary := newBackend(t, named("new"))
 	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, newPrimary.addr())); err != nil {
 		t.Fatal(err)
 	}
@@ -482,17 +492,7 @@ func TestFallbackChanged(t *testing.T) {
 // replicas are down, and still counts and closes the sessions it opened
 // through the old fallback.
 func TestFallbackDropped(t *testing.T) {
-	oldPrimary := newBackend(t, named("old"))
-	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt.SetUp(0, false)
-	p := startRoute(t, Config{Name: "ro"}, rt, Options{})
-	c := dialProxy(t, p)
-	if name, err := readLine(c); err != nil || name != "old" {
-		t.Fatalf("reached %q (%v), want old", name, err)
-	}
+	rt, p, c, _, _ := fallenBack(t, Options{})
 	if err := rt.SetFallback(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -518,31 +518,20 @@ func TestFallbackDropped(t *testing.T) {
 // destinations go once its last session ends, so that /metrics does not
 // list a gone destination at 0 until a restart.
 func TestFallbackChangedSeries(t *testing.T) {
-	oldPrimary := newBackend(t, named("old"))
-	newPrimary := newBackend(t, named("new"))
-	replica := refusedAddr(t)
-	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{replica}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt.SetUp(0, false)
 	reg := prometheus.NewRegistry()
-	p := startRoute(t, Config{Name: "ro"}, rt, Options{Metrics: NewMetrics(reg)})
-	c := dialProxy(t, p)
-	if name, err := readLine(c); err != nil || name != "old" {
-		t.Fatalf("reached %q (%v), want old", name, err)
-	}
+	rt, p, c, old, replica := fallenBack(t, Options{Metrics: NewMetrics(reg)})
+	newPrimary := newBackend(t, named("new"))
 	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, newPrimary.addr())); err != nil {
 		t.Fatal(err)
 	}
 	p.FallbackChanged()
-	want := []string{newPrimary.addr(), oldPrimary.addr(), replica}
+	want := []string{newPrimary.addr(), old, replica}
 	slices.Sort(want)
 	if got := seriesDests(t, reg); !slices.Equal(got, want) {
 		t.Errorf("with a session through the old fallback: series for %v, want %v", got, want)
 	}
 	c.Close()
-	want = slices.DeleteFunc(want, func(a string) bool { return a == oldPrimary.addr() })
+	want = slices.DeleteFunc(want, func(a string) bool { return a == old })
 	eventually(t, "old fallback's series gone", func() bool { return slices.Equal(seriesDests(t, reg), want) })
 }
 
