@@ -271,6 +271,8 @@ state = "master"
 		{"preempt", vrrpOK + "state = \"MASTER\"\nnopreempt = true\npreempt_delay = \"5s\"\n" + route,
 			[]string{`5 vrrp.VI_1.state: MASTER with nopreempt`,
 				`7 vrrp.VI_1.preempt_delay: set with nopreempt`}},
+		{"owner nopreempt", vrrpOK + "priority = 255\nnopreempt = true\n" + route,
+			[]string{`6 vrrp.VI_1.nopreempt: set with priority 255`}},
 		{"addresses", `[vrrp.VI_1]
 interface = "eth1/x"
 virtual_router_id = 51

@@ -55,6 +55,9 @@ func (d *decoder) validate(c *Config) {
 		if v.Nopreempt && v.State == "MASTER" {
 			t.errorf("state", "MASTER with nopreempt (state BACKUP, the default: keepalived ignores nopreempt on a MASTER)")
 		}
+		if v.Nopreempt && v.Priority == 255 {
+			t.errorf("nopreempt", "set with priority 255 (the address owner always takes the VIP: keepalived ignores nopreempt here; a lower priority, or no nopreempt)")
+		}
 		if v.Nopreempt && t.has("preempt_delay") {
 			t.errorf("preempt_delay", "set with nopreempt (one or the other: preempt_delay delays a preemption that nopreempt forbids)")
 		}

@@ -80,7 +80,10 @@ type machine struct {
 	state   State
 	prio    int  // effective priority
 	fault   bool // a tracked interface or weight-0 route is down
-	started time.Time
+	// preemptAt: with preempt_delay, when a lower-priority master stops
+	// being accepted; zero while none has been seen (keepalived's
+	// preempt_time).
+	preemptAt time.Time
 
 	masterAdverInt time.Duration
 	masterDown     time.Time // Backup: Master_Down_Timer deadline
@@ -122,15 +125,34 @@ func (m *machine) masterDownInterval() time.Duration {
 	return 3*m.masterAdverInt + m.skew()
 }
 
+// preempting reports whether a Backup takes over from a lower-priority
+// master now. With preempt_delay, as keepalived does: the delay runs from
+// the start, from leaving Fault, or from the first lower-priority advert
+// after a master of at least this priority, so that a router that comes
+// back does not take the VIP back at once.
 func (m *machine) preempting(now time.Time) bool {
-	return m.cfg.preempt && !now.Before(m.started.Add(m.cfg.preemptDelay))
+	if m.cfg.preemptDelay == 0 {
+		return m.cfg.preempt
+	}
+	return m.cfg.preempt && !m.preemptAt.IsZero() && !now.Before(m.preemptAt)
+}
+
+// armPreempt follows preempt_delay on an advert accepted in Backup.
+func (m *machine) armPreempt(now time.Time, prio int) {
+	switch {
+	case m.cfg.preemptDelay == 0:
+	case prio >= m.prio:
+		m.preemptAt = time.Time{}
+	case m.preemptAt.IsZero():
+		m.preemptAt = now.Add(m.cfg.preemptDelay)
+	}
 }
 
 // start leaves Initialize: to Fault if a tracked object is down, to Master
 // for the address owner (priority 255), else to Backup.
 func (m *machine) start() {
 	now := m.clk.Now()
-	m.started = now
+	m.preemptAt = now.Add(m.cfg.preemptDelay)
 	m.masterAdverInt = m.cfg.interval
 	switch {
 	case m.fault:
@@ -165,8 +187,10 @@ func (m *machine) setHealth(fault bool, priority int) {
 		m.clearTimers()
 		m.transition(StateFault)
 	case !fault && m.state == StateFault:
+		now := m.clk.Now()
 		m.masterAdverInt = m.cfg.interval
-		m.becomeBackup(m.clk.Now().Add(m.masterDownInterval()))
+		m.preemptAt = now.Add(m.cfg.preemptDelay)
+		m.becomeBackup(now.Add(m.masterDownInterval()))
 	}
 }
 
@@ -236,6 +260,7 @@ func (m *machine) receive(src netip.Addr, a *Advert) (dropped string) {
 			}
 			m.masterDown = now.Add(m.masterDownInterval())
 			m.setMaster(src)
+			m.armPreempt(now, int(a.Priority))
 		default:
 			// A lower-priority master: let Master_Down_Timer expire.
 		}

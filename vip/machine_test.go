@@ -541,3 +541,42 @@ func TestHandleTTL(t *testing.T) {
 		})
 	}
 }
+
+// TestPreemptDelayRearmed: preempt_delay holds a router that comes back
+// (its fault cleared, or its tracked routes healthy again) behind a
+// lower-priority master for the delay, as keepalived does, and not only
+// in the first seconds after start.
+func TestPreemptDelayRearmed(t *testing.T) {
+	for _, tt := range []struct {
+		name             string
+		degrade, recover func(m *machine) // at 10s, at 60s
+	}{
+		{"fault cleared", func(m *machine) { m.setHealth(true, 120) }, func(m *machine) { m.setHealth(false, 120) }},
+		{"tracked route weight recovered", func(m *machine) { m.setHealth(false, 90) }, func(m *machine) { m.setHealth(false, 120) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.preemptDelay = 30 * time.Second
+			h := newHarness(cfg, 120)
+			h.m.start()
+			h.advance(10 * time.Second)
+			if h.m.state != StateMaster {
+				t.Fatalf("state %v at 10s, want MASTER", h.m.state)
+			}
+			tt.degrade(h.m)
+			for at := 11 * time.Second; at <= 95*time.Second; at += time.Second { // the peer, priority 100, is master
+				h.advance(at)
+				if at == 60*time.Second {
+					tt.recover(h.m)
+				}
+				if at == 85*time.Second && h.m.state != StateBackup {
+					t.Fatalf("state %v at 85s, want BACKUP (preempt_delay 30s from 60s); transitions %v", h.m.state, h.transitions)
+				}
+				h.advert(peer, 100, time.Second)
+			}
+			if h.m.state != StateMaster {
+				t.Fatalf("state %v at 95s, want MASTER (the delay has run out); transitions %v", h.m.state, h.transitions)
+			}
+		})
+	}
+}
