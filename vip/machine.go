@@ -77,9 +77,9 @@ type machine struct {
 	log          *slog.Logger
 	onTransition func(from, to State, priority int) // side effects; may be nil
 
-	state   State
-	prio    int  // effective priority
-	fault   bool // a tracked interface or weight-0 route is down
+	state State
+	prio  int  // effective priority
+	fault bool // a tracked interface or weight-0 route is down
 	// preemptAt: with preempt_delay, when a lower-priority master stops
 	// being accepted; zero while none has been seen (keepalived's
 	// preempt_time).
