@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,6 +65,71 @@ func TestNotifierOrderAndTimeout(t *testing.T) {
 		t.Fatalf("calls:\n%s\nwant:\n%s", got, want)
 	}
 	n.enqueue([]string{script, "late"}) // after close: dropped, no panic
+}
+
+// TestNotifierBackgroundChild: a script that starts a helper in the
+// background and exits is logged as run, with its output, and the helper
+// goes on, writing to the stdout it inherited.
+func TestNotifierBackgroundChild(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "alive")
+	script := filepath.Join(dir, "n.sh")
+	body := "#!/bin/sh\necho started\n(sleep 1.5; echo still here; echo yes > " + marker + ") &\nexit 0\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	n := newNotifier(slog.New(slog.NewTextHandler(&logs, nil)), 10*time.Second)
+	done := make(chan struct{})
+	go func() { n.run(context.Background()); close(done) }()
+	n.transition([]string{script}, nil, "VI_1", "MASTER", 100)
+	waitFor(t, "the script's log line", func() bool { return strings.Contains(logs.String(), "notify script") })
+	if l := logs.String(); !strings.Contains(l, "notify script ran") || !strings.Contains(l, "output=started") {
+		t.Errorf("log: %s\nwant the script logged as run, with output=started", l)
+	}
+	waitFor(t, "the background helper's marker", func() bool { _, err := os.Stat(marker); return err == nil })
+	n.close()
+	<-done
+}
+
+// TestNotifierTimeoutKillsGroup: notify_timeout kills what the script
+// started, not only the script.
+func TestNotifierTimeoutKillsGroup(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "survived")
+	script := filepath.Join(dir, "n.sh")
+	body := "#!/bin/sh\nsh -c 'sleep 1; echo yes > " + marker + "'\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := newNotifier(slog.New(slog.DiscardHandler), 200*time.Millisecond)
+	done := make(chan struct{})
+	go func() { n.run(context.Background()); close(done) }()
+	n.transition([]string{script}, nil, "VI_1", "MASTER", 100)
+	n.close()
+	<-done
+	time.Sleep(1500 * time.Millisecond) // past the child's own sleep
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a process the timed-out script started ran on after notify_timeout")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test to share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestMetricsRegisterTwice(t *testing.T) {
