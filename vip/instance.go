@@ -467,10 +467,14 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 		return // another virtual router: ignored, not dropped
 	}
 	var reason string
+	unicast := len(i.cfg.UnicastPeers) > 0
+	// As keepalived: an instance hears adverts only the way it sends them.
 	// RFC 5798 wants TTL 255, which proves the sender on the link. A
-	// unicast advert may cross routers, so, as keepalived does, the check
-	// applies to multicast only.
-	if p.ttl != 255 && len(i.cfg.UnicastPeers) == 0 {
+	// unicast advert may cross routers, so, as keepalived does, the TTL
+	// check applies to multicast only.
+	if p.dst.IsMulticast() == unicast {
+		reason = ReasonDestination
+	} else if p.ttl != 255 && !unicast {
 		reason = ReasonTTL
 	} else if a, err := Decode(p.payload, p.src, p.dst); err != nil {
 		reason = ReasonShort

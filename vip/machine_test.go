@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -497,17 +498,24 @@ func TestEffectivePriority(t *testing.T) {
 
 // TestHandleTTL: a multicast advert must arrive with TTL 255; a unicast
 // one may have crossed routers, and keepalived accepts it at any TTL.
-func TestHandleTTL(t *testing.T) {
+// TestHandleFilters: what the instance drops before the state machine
+// sees it: a multicast advert with a TTL below 255 (a unicast one may
+// cross routers), and, as keepalived, a unicast advert in multicast mode
+// and a multicast one in unicast mode.
+func TestHandleFilters(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
 		unicast bool
+		dst     netip.Addr // default: the group, or self in unicast mode
 		ttl     int
-		dropped bool
+		reason  string // "" if used
 	}{
-		{"multicast, TTL 255", false, 255, false},
-		{"multicast, TTL 254", false, 254, true},
-		{"unicast, TTL 255", true, 255, false},
-		{"unicast, TTL 62", true, 62, false},
+		{name: "multicast, TTL 255", ttl: 255},
+		{name: "multicast, TTL 254", ttl: 254, reason: ReasonTTL},
+		{name: "unicast, TTL 255", unicast: true, ttl: 255},
+		{name: "unicast, TTL 62", unicast: true, ttl: 62},
+		{name: "multicast mode, sent to this router's address", dst: self, ttl: 255, reason: ReasonDestination},
+		{name: "unicast mode, sent to the group", unicast: true, dst: Group, ttl: 255, reason: ReasonDestination},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := baseConfig()
@@ -517,6 +525,9 @@ func TestHandleTTL(t *testing.T) {
 				cfg.peers = []netip.Addr{higher}
 				vc.UnicastPeers = cfg.peers
 				dst = self
+			}
+			if tt.dst.IsValid() {
+				dst = tt.dst
 			}
 			h := newHarness(cfg, 100)
 			h.m.start()
@@ -531,11 +542,15 @@ func TestHandleTTL(t *testing.T) {
 			// The master down interval (3.6 s) ends at 3.6 s from the start
 			// unless the advert was heard, which moves it to 5.6 s.
 			h.advance(5 * time.Second)
-			if got := in.status.Dropped[ReasonTTL] > 0; got != tt.dropped {
-				t.Errorf("dropped for TTL: %v, want %v (dropped %v)", got, tt.dropped, in.status.Dropped)
+			want := map[string]uint64{}
+			if tt.reason != "" {
+				want[tt.reason] = 1
+			}
+			if !maps.Equal(in.status.Dropped, want) {
+				t.Errorf("dropped %v, want %v", in.status.Dropped, want)
 			}
 			master := slices.ContainsFunc(h.transitions, func(s string) bool { return strings.HasSuffix(s, "BACKUP->MASTER") })
-			if master != tt.dropped {
+			if master != (tt.reason != "") {
 				t.Errorf("transitions %v: want BACKUP->MASTER by 5s only if the advert was dropped", h.transitions)
 			}
 		})

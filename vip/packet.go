@@ -38,16 +38,17 @@ var (
 // Reasons an advert is dropped. They are the values of the reason label of
 // hamr_vrrp_adverts_dropped_total and the keys of Status.Dropped.
 const (
-	ReasonTTL       = "ttl"       // IP TTL is not 255
-	ReasonShort     = "short"     // truncated packet
-	ReasonVersion   = "version"   // version or type not ours
-	ReasonChecksum  = "checksum"  // checksum does not verify
-	ReasonCount     = "count"     // count field disagrees with the length
-	ReasonAuth      = "auth"      // VRRPv2 authentication mismatch
-	ReasonAddresses = "addresses" // address list differs from ours
-	ReasonOwn       = "own"       // sent by this instance
-	ReasonPeer      = "peer"      // unicast mode: not from one of unicast_peers (keepalived drops these too)
-	ReasonInterval  = "interval"  // advert interval invalid or (v2) not ours
+	ReasonTTL         = "ttl"         // IP TTL is not 255
+	ReasonShort       = "short"       // truncated packet
+	ReasonVersion     = "version"     // version or type not ours
+	ReasonChecksum    = "checksum"    // checksum does not verify
+	ReasonCount       = "count"       // count field disagrees with the length
+	ReasonAuth        = "auth"        // VRRPv2 authentication mismatch
+	ReasonAddresses   = "addresses"   // address list differs from ours
+	ReasonOwn         = "own"         // sent by this instance
+	ReasonPeer        = "peer"        // unicast mode: not from one of unicast_peers (keepalived with check_unicast_src)
+	ReasonDestination = "destination" // multicast mode: not sent to the group; unicast mode: sent to a group
+	ReasonInterval    = "interval"    // advert interval invalid or (v2) not ours
 )
 
 // A DecodeError tells why a packet is not a valid VRRP advert. Err is one
