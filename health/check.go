@@ -33,6 +33,7 @@ const (
 	querySuperReadOnly       = "SELECT @@global.super_read_only"
 	queryReplicaStatus       = "SHOW REPLICA STATUS"
 	queryReplicaStatusLegacy = "SHOW SLAVE STATUS"
+	queryAllSlavesStatus     = "SHOW ALL SLAVES STATUS" // MariaDB: every named connection
 )
 
 // result is the outcome of one check.
@@ -191,7 +192,8 @@ func (c *Checker) role(mc *client.Conn) result {
 	}
 	sro, err := queryBool(mc, querySuperReadOnly)
 	var me *mysql.MyError
-	if errors.As(err, &me) && me.Code == erUnknownSystemVariable {
+	mariadb := errors.As(err, &me) && me.Code == erUnknownSystemVariable
+	if mariadb {
 		err = nil // MariaDB has no super_read_only
 	}
 	if err != nil {
@@ -207,7 +209,7 @@ func (c *Checker) role(mc *client.Conn) result {
 			r.readOnly = true
 			// The role is for people; a writer does not need it, nor
 			// the privilege to read it.
-			if reps, err := replicas(mc); err == nil {
+			if reps, err := replicas(mc, mariadb); err == nil {
 				r.role, r.lag, r.lagKnown = judgeRole(true, reps)
 			}
 			return r
@@ -215,7 +217,7 @@ func (c *Checker) role(mc *client.Conn) result {
 		return result{ok: true, class: classOK, reason: "ok", role: RolePrimary}
 	}
 
-	reps, err := replicas(mc)
+	reps, err := replicas(mc, mariadb)
 	if err != nil {
 		return failed(classQuery, "query: replication status: "+describe(err))
 	}
@@ -311,9 +313,16 @@ func queryBool(mc *client.Conn, q string) (bool, error) {
 const maxLag = math.MaxInt32 * time.Second
 
 // replicas runs SHOW REPLICA STATUS, or SHOW SLAVE STATUS on servers that
-// predate it, and returns one replica per replication channel.
-func replicas(mc *client.Conn) ([]replica, error) {
-	rs, err := query(mc, queryReplicaStatus)
+// predate it, and returns one replica per replication channel. On MariaDB
+// those show only the default connection, so a replica set up with named
+// connections (CHANGE MASTER 'name' TO) would look like no replica at
+// all: SHOW ALL SLAVES STATUS lists every connection.
+func replicas(mc *client.Conn, mariadb bool) ([]replica, error) {
+	q := queryReplicaStatus
+	if mariadb {
+		q = queryAllSlavesStatus
+	}
+	rs, err := query(mc, q)
 	var me *mysql.MyError
 	if errors.As(err, &me) && me.Code == erParseError {
 		rs, err = query(mc, queryReplicaStatusLegacy)

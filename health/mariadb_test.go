@@ -334,6 +334,14 @@ func TestMariaDB(t *testing.T) {
 		if st := check("hamr_role", 10*time.Second); !st.Up || st.Reason != "ok" || st.Role != RoleReadOnly {
 			t.Errorf("read-only, no replication: status = %+v", st)
 		}
+
+		// A named connection (multi-source replication) does not show in
+		// SHOW SLAVE STATUS: it must not pass for no replication.
+		m.exec(t, fmt.Sprintf("CHANGE MASTER 'src1' TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='nobody', MASTER_CONNECT_RETRY=1", freePort(t)))
+		if st := check("hamr_role", 10*time.Second); st.Up || st.Reason != "replication IO thread stopped, SQL thread stopped" || st.Role != RoleReplica {
+			t.Errorf("named connection configured, stopped: status = %+v", st)
+		}
+		m.exec(t, "RESET SLAVE 'src1' ALL")
 		m.exec(t, "SET GLOBAL read_only = OFF")
 		if st := check("hamr_role", 10*time.Second); !st.Up || st.Reason != "ok" || st.Role != RolePrimary {
 			t.Errorf("primary in a read-only list: status = %+v", st)
