@@ -97,6 +97,7 @@ func (m *Metrics) deleteDest(route, addr string) {
 const (
 	reasonMaxConns = "max_connections"
 	reasonNoDest   = "no_destination"
+	reasonLocal    = "local_resources"
 )
 
 // dest is one destination as the proxy sees it: its sessions and its

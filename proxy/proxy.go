@@ -70,8 +70,8 @@ type Route struct {
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
 	dests     []*dest // rt's destinations, by index
 
-	refusedMax, refusedNoDest prometheus.Counter
-	errTooMany, errNoDest     []byte // ERR packets
+	refusedMax, refusedNoDest, refusedLocal prometheus.Counter
+	errTooMany, errNoDest, errLocal         []byte // ERR packets
 
 	ctx     context.Context    // cancelled when Shutdown stops waiting
 	cancel  context.CancelFunc // cancels ctx
@@ -119,8 +119,11 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 	}
 	r.refusedMax = m.refusals.WithLabelValues(cfg.Name, reasonMaxConns)
 	r.refusedNoDest = m.refusals.WithLabelValues(cfg.Name, reasonNoDest)
+	r.refusedLocal = m.refusals.WithLabelValues(cfg.Name, reasonLocal)
 	r.errTooMany = errPacket(mysql.ER_CON_COUNT_ERROR, "Too many connections")
 	r.errNoDest = errPacket(mysql.ER_UNKNOWN_ERROR, "hamr: no destination available for route "+cfg.Name)
+	// 1040, as a server out of connections: clients take it as "retry later".
+	r.errLocal = errPacket(mysql.ER_CON_COUNT_ERROR, "hamr: too many connections on the router host (out of file descriptors, ports or memory)")
 	if rt == nil {
 		return r
 	}

@@ -70,6 +70,50 @@ func TestFreebind(t *testing.T) {
 	}
 }
 
+// TestDialLocalFailure: a dial that fails for lack of resources on this
+// host (here EMFILE from socket(2)) refuses the client with a MySQL
+// error, counted, and marks no destination down.
+func TestDialLocalFailure(t *testing.T) {
+	rt := newRouting(t, routing.FirstAvailable, "127.0.0.1:1")
+	emfile := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	}
+	m := NewMetrics(prometheus.NewRegistry())
+	p := startRoute(t, Config{Name: "rw"}, rt, Options{Dial: emfile, Metrics: m})
+	c := dialProxy(t, p)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil || len(b) < 7 || b[4] != 0xff || b[5] != 0x10 || b[6] != 0x04 {
+		t.Fatalf("client read %q (%v), want ERR 1040", b, err)
+	}
+	if v := testutil.ToFloat64(m.refusals.WithLabelValues("rw", reasonLocal)); v != 1 {
+		t.Errorf("refusals{reason=local_resources} = %v, want 1", v)
+	}
+	if !rt.Available() {
+		t.Error("destination marked down for this host's shortage")
+	}
+}
+
+// TestLocalErrors: what counts as this host's shortage, including the
+// resolver's, which keeps only the text of its socket error.
+func TestLocalErrors(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{os.NewSyscallError("socket", syscall.EMFILE), true},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}, true},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, false},
+		{&net.OpError{Op: "dial", Err: &net.DNSError{Err: "dial udp 127.0.0.53:53: socket: too many open files", Name: "db"}}, true},
+		{&net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "db", IsNotFound: true}}, false},
+		{&net.OpError{Op: "dial", Err: &net.DNSError{Err: "server misbehaving", Name: "db", IsTemporary: true}}, false},
+	} {
+		if got := local(tt.err); got != tt.want {
+			t.Errorf("local(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
 // TestAcceptSurvivesEMFILE fails accept(2) with EMFILE, as when the
 // process is out of file descriptors: the loops back off and retry, log
 // the burst and the recovery once each, and Shutdown during the back-off

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -221,6 +222,25 @@ func (l *loop) refuseNoDest(s *session, err error) {
 	l.closeSession(s)
 }
 
+// refuseLocal sends s's client an ERR packet when this host lacks what
+// a dial needs (descriptors, ports, memory), and pauses the loop's
+// listeners as an accept failure does: a client accepted now would fail
+// the same way, and clients left in the backlog can wait for resources.
+func (l *loop) refuseLocal(s *session, err error) {
+	r := l.r
+	r.refusedLocal.Inc()
+	for _, sl := range l.lns {
+		if !sl.paused {
+			l.pause(sl, sl.ln.failed(r, err))
+		}
+	}
+	if r.log.Enabled(r.ctx, slog.LevelDebug) {
+		r.log.Debug("client refused: dial failed for lack of local resources", "client", peer(s.cfd), "destination", s.pick.Addr, "err", err)
+	}
+	write(s.cfd, r.errLocal)
+	l.closeSession(s)
+}
+
 // dialRaw starts a non-blocking connect to d. done reports a connection
 // completed at once.
 func dialRaw(d *dest) (fd int, done bool, err error) {
@@ -325,8 +345,7 @@ func (r *Route) dest(p routing.Pick) *dest {
 // connect): it reports whether to try the next destination.
 func (l *loop) dialError(s *session, err error) bool {
 	if local(err) {
-		l.r.log.Warn("dial failed for lack of local resources; client closed", "destination", s.pick.Addr, "err", err)
-		l.closeSession(s)
+		l.refuseLocal(s, err)
 		return false
 	}
 	l.markDown(s, err)
@@ -382,8 +401,12 @@ func (l *loop) markDown(s *session, err error) {
 // same way, and marking them down would turn a local shortage into an
 // outage.
 func local(err error) bool {
+	// The resolver keeps only the text of the error that stopped it
+	// (socket(2) for its UDP query, say).
+	var dns *net.DNSError
+	isDNS := errors.As(err, &dns) && !dns.IsNotFound
 	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
-		if errors.Is(err, e) {
+		if errors.Is(err, e) || isDNS && strings.Contains(dns.Err, e.Error()) {
 			return true
 		}
 	}
