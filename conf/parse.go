@@ -517,6 +517,45 @@ func (t *table) duration(key string, positive bool) (time.Duration, bool) {
 	return 0, false
 }
 
+// durationIn returns the duration at key if it lies in [lo, hi]; zero is
+// also allowed when zeroOK (the setting is then off). Values outside
+// would flood a server or the LAN (too short) or overflow a deadline (too
+// long).
+func (t *table) durationIn(key string, lo, hi time.Duration, zeroOK bool) (time.Duration, bool) {
+	dur, ok := t.duration(key, !zeroOK)
+	switch {
+	case !ok || dur == 0:
+		return dur, ok
+	case dur < lo:
+		t.errorf(key, "%s is too short (%s)", t.written(key), durRange(lo, hi, zeroOK))
+	case dur > hi:
+		t.errorf(key, "%s is too long (%s)", t.written(key), durRange(lo, hi, zeroOK))
+	default:
+		return dur, true
+	}
+	return 0, false
+}
+
+func durRange(lo, hi time.Duration, zeroOK bool) string {
+	r := fmtDur(lo) + " to " + fmtDur(hi)
+	if zeroOK {
+		r = "0 for off, or " + r
+	}
+	return r
+}
+
+// fmtDur writes d the way a config would: "10ms", "1h".
+func fmtDur(d time.Duration) string {
+	s := d.String() // "1h0m0s", "1m30s", "10ms"
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
 // strs returns the array of strings at key and the line of each element.
 func (t *table) strs(key string) ([]string, []int, bool) {
 	n := t.get(key)

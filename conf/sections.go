@@ -100,7 +100,7 @@ func (d *decoder) named(parent *table, name, noun string) *table {
 }
 
 func (d *decoder) global(t *table, g *Global) {
-	g.DrainTimeout, _ = t.duration("drain_timeout", true)
+	g.DrainTimeout, _ = t.durationIn("drain_timeout", time.Millisecond, 24*time.Hour, false)
 	t.done(nil)
 }
 
@@ -119,7 +119,13 @@ func (d *decoder) admin(t *table, a *Admin) {
 			a.Address = s
 		}
 	}
-	a.Token, _ = t.nonEmpty("token", "a bearer token, or leave token out")
+	if tok, ok := t.nonEmpty("token", "a bearer token, or leave token out"); ok {
+		if msg := CheckToken(tok); msg != "" {
+			t.errorf("token", "%s", msg)
+		} else {
+			a.Token = tok
+		}
+	}
 	if s, ok := t.nonEmpty("token_file", "an absolute path"); ok {
 		if !filepath.IsAbs(s) {
 			t.errorf("token_file", "%q is not an absolute path (an absolute path such as /etc/hamr/token)", s)
@@ -136,8 +142,8 @@ func (d *decoder) admin(t *table, a *Admin) {
 
 // healthKeys reads the keys shared by [health] and [routing.NAME.health].
 func (d *decoder) healthKeys(t *table, h *Health) {
-	h.Interval, _ = t.duration("interval", true)
-	h.Timeout, _ = t.duration("timeout", true)
+	h.Interval, _ = t.durationIn("interval", 10*time.Millisecond, time.Hour, false)
+	h.Timeout, _ = t.durationIn("timeout", 10*time.Millisecond, time.Hour, false)
 	h.Rise, _ = t.integer("rise", 1, maxInt, "")
 	h.Fall, _ = t.integer("fall", 1, maxInt, "")
 	h.Level, _ = t.oneOf("level", "a health level", LevelTCP, LevelLogin, LevelRole)
@@ -167,10 +173,10 @@ func (d *decoder) route(t *table, name string) *Route {
 	}
 	r.Strategy, _ = t.oneOf("strategy", "a strategy", FirstAvailable, NextAvailable, RoundRobin, RoundRobinWithFallback)
 	r.Destinations = d.destinations(t)
-	r.ConnectTimeout, _ = t.duration("connect_timeout", true)
+	r.ConnectTimeout, _ = t.durationIn("connect_timeout", time.Millisecond, time.Hour, false)
 	r.MaxConnections, _ = t.integer("max_connections", 1, maxInt, "")
 	r.Fallback, _ = t.nonEmpty("fallback", "the name of a read-write route")
-	r.MaxReplicationLag, _ = t.duration("max_replication_lag", false)
+	r.MaxReplicationLag, _ = t.durationIn("max_replication_lag", time.Second, 365*24*time.Hour, true)
 	r.CloseListenerWhenDown, _ = t.boolean("close_listener_when_down")
 
 	ht := t.sub("health")
@@ -232,6 +238,11 @@ func checkHostPort(s string, emptyHost bool) string {
 	}
 	if _, err := netip.ParseAddr(host); err == nil {
 		return ""
+	}
+	// A name whose last label is all digits can only be a mistyped
+	// address (RFC 3696 2): a resolver would fail on it for ever.
+	if labels := strings.Split(strings.TrimSuffix(host, "."), "."); strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return fmt.Sprintf("%q is not a valid IP address", s)
 	}
 	if !validHostname(host) {
 		return fmt.Sprintf("%q has a bad host", s)
@@ -350,14 +361,14 @@ func (d *decoder) vrrp(t *table, name string) *VRRP {
 		}
 	}
 	v.GarpMasterRepeat, _ = t.integer("garp_master_repeat", 1, 100, "")
-	v.GarpMasterDelay, _ = t.duration("garp_master_delay", false)
-	v.GarpMasterRefresh, _ = t.duration("garp_master_refresh", false)
+	v.GarpMasterDelay, _ = t.durationIn("garp_master_delay", time.Millisecond, time.Hour, true)
+	v.GarpMasterRefresh, _ = t.durationIn("garp_master_refresh", time.Second, 24*time.Hour, true)
 	v.NotifyMaster = d.notify(t, "notify_master")
 	v.NotifyBackup = d.notify(t, "notify_backup")
 	v.NotifyFault = d.notify(t, "notify_fault")
 	v.NotifyStop = d.notify(t, "notify_stop")
 	v.Notify = d.notify(t, "notify")
-	v.NotifyTimeout, _ = t.duration("notify_timeout", true)
+	v.NotifyTimeout, _ = t.durationIn("notify_timeout", time.Millisecond, time.Hour, false)
 	t.done(vrrpHints)
 	return v
 }
@@ -462,4 +473,17 @@ func (d *decoder) notify(t *table, key string) []string {
 		return nil
 	}
 	return argv
+}
+
+// CheckToken returns what makes tok unusable as a bearer token, or "".
+// HTTP trims blanks around a header value and clients refuse control
+// characters, so a token with either could never match: every request,
+// hamr ctl's included, would be refused.
+func CheckToken(tok string) string {
+	for i := 0; i < len(tok); i++ {
+		if c := tok[i]; c <= ' ' || c == 0x7f {
+			return fmt.Sprintf("byte %d of the token is %q (no blanks or control characters: HTTP cannot carry them in a token)", i+1, c)
+		}
+	}
+	return ""
 }

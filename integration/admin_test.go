@@ -207,6 +207,12 @@ func TestAdminReload(t *testing.T) {
 		if err := os.WriteFile(empty.TokenFile, []byte("\n \n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		// Two lines: no request could carry that token.
+		twoLines := cfg
+		twoLines.Token, twoLines.TokenFile = "", filepath.Join(t.TempDir(), "two")
+		if err := os.WriteFile(twoLines.TokenFile, []byte("first\nsecond\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		for _, tc := range []struct {
 			name string
 			cfg  hamrConfig
@@ -215,6 +221,7 @@ func TestAdminReload(t *testing.T) {
 			{"address in use", inUse, "address already in use"},
 			{"unreadable token file", missing, "token_file"},
 			{"empty token file", empty, "is empty"},
+			{"token file of two lines", twoLines, "no blanks or control characters"},
 		} {
 			before, err := h.metric("hamr_config_reload_failures_total")
 			if err != nil {

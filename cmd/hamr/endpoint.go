@@ -137,5 +137,8 @@ func adminToken(a conf.Admin) (string, error) {
 	if t == "" {
 		return "", fmt.Errorf("admin.token_file: %s is empty", a.TokenFile)
 	}
+	if msg := conf.CheckToken(t); msg != "" {
+		return "", fmt.Errorf("admin.token_file: %s: %s", a.TokenFile, msg)
+	}
 	return t, nil
 }
