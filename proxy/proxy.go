@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"sync"
@@ -408,6 +409,33 @@ func (r *Route) CloseSessions() int {
 	r.mu.Unlock()
 	if n > 0 {
 		r.log.Warn("sessions closed", "sessions", n)
+	}
+	return n
+}
+
+// CloseSessionsTo closes the open sessions whose clients connected to
+// one of addrs, and returns how many. It is CloseSessions for a route
+// bound to all addresses (0.0.0.0, ::) when a VIP goes away: sessions
+// that came in through another address go on.
+func (r *Route) CloseSessionsTo(addrs []netip.Addr) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, ds := range [][]*dest{r.dests, r.fbDests()} {
+		for _, d := range ds {
+			for s := range d.sessions {
+				if a, ok := s.localAddr(); ok && slices.Contains(addrs, a) {
+					delete(d.sessions, s)
+					d.active.Dec()
+					s.kill()
+					n++
+				}
+			}
+		}
+	}
+	r.retire()
+	if n > 0 {
+		r.log.Warn("sessions closed", "sessions", n, "addresses", addrs)
 	}
 	return n
 }

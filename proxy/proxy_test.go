@@ -780,6 +780,38 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// TestCloseSessionsTo: on a route bound to all addresses, only the
+// sessions that came in through the given address are closed.
+func TestCloseSessionsTo(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.RoundRobin, be.addr())
+	p := startRoute(t, Config{Addr: "0.0.0.0:0"}, rt, Options{})
+	_, port, _ := net.SplitHostPort(p.Addr())
+	dial := func(host string) net.Conn {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := roundTrip(c, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	viaVIP, other := dial("127.0.0.2"), dial("127.0.0.1")
+	if n := p.CloseSessionsTo([]netip.Addr{netip.MustParseAddr("127.0.0.2")}); n != 1 {
+		t.Errorf("CloseSessionsTo = %d, want 1", n)
+	}
+	wantClosed(t, viaVIP)
+	if err := roundTrip(other, "still here"); err != nil {
+		t.Errorf("session through another address: %v", err)
+	}
+	if got := p.Sessions(); !equalInts(got, []int{1}) {
+		t.Errorf("Sessions() = %v, want [1]", got)
+	}
+}
+
 // TestCloseSessions checks that CloseSessions closes every open session,
 // idle or not, and that the route keeps accepting.
 func TestCloseSessions(t *testing.T) {

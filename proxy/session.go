@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -550,6 +551,27 @@ func (s *session) kill() {
 	}
 	s.mu.Unlock()
 	s.l.post(func(l *loop) { l.closeSession(s) }) // a no-op if it ended meanwhile
+}
+
+// localAddr returns the address s's client connected to (IPv4 unmapped),
+// unless s is closed or being closed.
+func (s *session) localAddr() (netip.Addr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead.Load() {
+		return netip.Addr{}, false
+	}
+	sa, err := unix.Getsockname(s.cfd)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr), true
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap(), true
+	}
+	return netip.Addr{}, false
 }
 
 // killed reports whether kill ran.

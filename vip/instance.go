@@ -22,10 +22,11 @@ type Options struct {
 	Logger  *slog.Logger // default slog.Default()
 	Metrics *Metrics     // may be nil
 	// OnLeaveMaster, if set, is called each time the instance stops being
-	// master (to backup, fault, or on stop), right after the VIPs are
+	// master (to backup, fault, or on stop), right before the VIPs are
 	// removed. Sessions that came in through a VIP cannot go on once it
-	// has moved: the daemon closes them here. It runs on the instance's
-	// goroutine: keep it short.
+	// has moved: the daemon closes them here, while their FIN can still
+	// leave from the VIP. It runs on the instance's goroutine: keep it
+	// short.
 	OnLeaveMaster func()
 }
 
@@ -499,13 +500,15 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 
 // transition performs the side effects of a state change, in keepalived's
 // order: addresses first when becoming master, removed first when leaving
-// it; then the notify scripts.
+// it (after OnLeaveMaster); then the notify scripts.
 func (i *Instance) transition(v *vips, n *notifier, from, to State, prio int) {
 	if from == StateMaster {
-		v.remove()
+		// Sessions first: their FIN must leave from the VIP while it is
+		// still here, or their clients learn only at their next packet.
 		if i.onLeave != nil {
 			i.onLeave()
 		}
+		v.remove()
 	}
 	cfg := i.cfg
 	switch to {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"sync"
@@ -737,16 +738,43 @@ func (d *daemon) releasedVIPs(vc *conf.VRRP) {
 	d.drainMu.Lock()
 	routes = append(slices.Clip(routes), d.draining...) // a reload's leftovers too
 	d.drainMu.Unlock()
+	var vips []netip.Addr
+	for _, p := range vc.VirtualIPAddress {
+		vips = append(vips, p.Addr())
+	}
 	for _, rv := range routes {
 		r := rv.r
-		for _, p := range vc.VirtualIPAddress {
-			if p.Addr().String() == rv.cfg.BindAddress {
-				if n := r.px.CloseSessions(); n > 0 {
-					d.log.Warn("VIP released: sessions through it closed", "vrrp", vc.Name, "route", r.name, "sessions", n)
-				}
-			}
+		n := 0
+		switch bindsVIP(rv.cfg, vips) {
+		case bindVIP:
+			n = r.px.CloseSessions()
+		case bindAll:
+			n = r.px.CloseSessionsTo(vips) // its other clients stay
+		}
+		if n > 0 {
+			d.log.Warn("VIP released: sessions through it closed", "vrrp", vc.Name, "route", r.name, "sessions", n)
 		}
 	}
+}
+
+// How a route's listener relates to a set of VIPs.
+const (
+	bindOther = iota // another address: no client comes through the VIPs
+	bindVIP          // one of the VIPs: every client does
+	bindAll          // all addresses (0.0.0.0, ::): some clients may
+)
+
+func bindsVIP(rc *conf.Route, vips []netip.Addr) int {
+	a, err := netip.ParseAddr(rc.BindAddress)
+	switch {
+	case err != nil:
+		return bindOther
+	case a.IsUnspecified():
+		return bindAll
+	case slices.Contains(vips, a.Unmap()):
+		return bindVIP
+	}
+	return bindOther
 }
 
 // stopVRRP resigns an instance (priority 0 advert, VIPs removed) and waits.
@@ -807,10 +835,10 @@ func (d *daemon) stopLocked(ctx context.Context) {
 	// open or being connected (releasedVIPs); a cancelled drain also ends
 	// those accepted later from the listen backlog, rather than waiting
 	// out the drain timeout for them.
-	released := make(map[string]bool)
+	var released []netip.Addr
 	for name, v := range d.vrrps {
 		for _, p := range v.cfg.VirtualIPAddress {
-			released[p.Addr().String()] = true
+			released = append(released, p.Addr())
 		}
 		d.stopVRRP(name)
 	}
@@ -822,7 +850,7 @@ func (d *daemon) stopLocked(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			ctx := ctx
-			if released[r.cfg.BindAddress] {
+			if bindsVIP(r.cfg, released) == bindVIP {
 				ctx = gone
 			}
 			if err := r.px.Shutdown(ctx); err != nil {

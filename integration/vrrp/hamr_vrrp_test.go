@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -377,7 +378,69 @@ func TestHamrStopClosesRemovedRouteOnVIP(t *testing.T) {
 			time.Since(start).Round(time.Millisecond), drainTimeout)
 	}
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
 		t.Errorf("client of the removed route after the stop: read %d bytes, %v; want the session closed", n, err)
+	}
+}
+
+// TestHamrWildcardRouteLosesVIP: a route bound to 0.0.0.0 takes clients
+// through the VIP and through the host's own address. When the VIP goes
+// (here: a tracked route's database stops, so the instance enters FAULT),
+// the sessions that came through the VIP are closed, since their packets
+// now reach the other router, and the others go on.
+func TestHamrWildcardRouteLosesVIP(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	h := l.r1
+	const db, tracked = "127.0.0.1:9301", "127.0.0.1:9302"
+	h.listen(t, db, true)
+	stopTracked := h.listen(t, tracked, false)
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
+	b.WriteString("[health]\nlevel = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n")
+	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
+	fmt.Fprintf(&b, "advert_int = %q\ntrack_routes = [\"tracked\"]\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
+	fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"0.0.0.0\"\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n\n", vipPort, db)
+	fmt.Fprintf(&b, "[routing.tracked]\nbind_port = 7009\nmode = \"read-write\"\ndestinations = [%q]\n", tracked)
+	path := filepath.Join(l.dir, "wildcard.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := l.start("hamr", h, "hamr-wildcard", hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+	r.waitState("MASTER", startTimeout(fast))
+	h.waitVIP(t, true, 2*time.Second)
+
+	dial := func(addr string) net.Conn {
+		c, err := l.cl.dial(t.Context(), fmt.Sprintf("%s:%d", addr, vipPort), 5*time.Second)
+		if err != nil {
+			t.Fatalf("client to %s: %v", addr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	viaVIP, direct := dial(vipAddr), dial(h.addr)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if n, err := r.sessions("rw"); err == nil && n == 2 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("route rw: %d sessions (%v), want 2", n, err)
+		}
+	}
+
+	stopTracked()
+	r.waitState("FAULT", 10*time.Second)
+	viaVIP.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := viaVIP.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
+		t.Errorf("client through the VIP after it went: read %d bytes, %v; want the session closed", n, err)
+	}
+	if n, err := r.sessions("rw"); err != nil || n != 1 {
+		t.Errorf("route rw: %d sessions (%v) after the VIP went, want the direct client's 1", n, err)
+	}
+	direct.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := direct.Read(make([]byte, 1)); !os.IsTimeout(err) {
+		t.Errorf("client through the host's own address: %v; want its session open", err)
 	}
 }
