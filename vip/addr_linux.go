@@ -87,12 +87,14 @@ func (v *vips) remove() {
 		if !v.added[p.Addr()] {
 			continue
 		}
-		delete(v.added, p.Addr())
 		// Deleting a primary address can take its secondaries along.
 		if err := v.h.AddrDel(v.link, prefixAddr(p)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			// Still ours: the next remove (leaving master again, or the
+			// stop) tries again, rather than leave it for ever.
 			v.log.Error("vrrp cannot remove virtual address", "address", p, "err", err)
 			continue
 		}
+		delete(v.added, p.Addr())
 		v.log.Info("vrrp removed virtual address", "address", p, "interface", v.link.Attrs().Name)
 	}
 }

@@ -371,7 +371,8 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 	notify := newNotifier(i.log, cfg.NotifyTimeout)
 	wg.Go(func() { notify.run(context.WithoutCancel(ctx)) })
 	pkts := make(chan rawPacket, 16)
-	wg.Go(func() { i.read(bg, c, pkts) })
+	deaf := make(chan struct{}) // closed if the reader fails for good
+	wg.Go(func() { i.read(bg, c.recv, pkts, deaf) })
 	linksDown := lw.down()
 	wg.Go(func() { lw.run(bg, linksDown) })
 	defer func() {
@@ -412,6 +413,7 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	deafened := false
 	for {
 		if next := m.next(); next.IsZero() {
 			timer.Stop()
@@ -425,6 +427,11 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 			return
 		case p := <-pkts:
 			i.handle(m, p)
+		case <-deaf:
+			// An instance that hears no peer would take the VIP from
+			// the master: FAULT instead, until a restart or a reload.
+			i.log.Error("vrrp instance cannot receive adverts; in FAULT until hamr restarts or a reload restarts the instance")
+			deafened, deaf = true, nil
 		case <-i.kick:
 		case d := <-lw.c:
 			if len(d) > 0 {
@@ -436,20 +443,22 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 		case <-timer.C:
 			m.tick()
 		}
-		if prio, fault := i.health(linksDown); prio != m.prio || fault != m.fault {
-			m.setHealth(fault, prio)
+		if prio, fault := i.health(linksDown); prio != m.prio || (fault || deafened) != m.fault {
+			m.setHealth(fault || deafened, prio)
 		}
 		i.publish(m, &pub)
 	}
 }
 
 // read passes received packets to the loop until the socket is closed.
-func (i *Instance) read(ctx context.Context, c *conn, out chan<- rawPacket) {
+// It closes deaf if the socket fails otherwise.
+func (i *Instance) read(ctx context.Context, recv func() (rawPacket, error), out chan<- rawPacket, deaf chan<- struct{}) {
 	for {
-		p, err := c.recv()
+		p, err := recv()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
+			if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
 				i.log.Error("vrrp receive failed", "err", err)
+				close(deaf)
 			}
 			return
 		}

@@ -1,10 +1,13 @@
 package vip
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -593,5 +596,44 @@ func TestPreemptDelayRearmed(t *testing.T) {
 				t.Fatalf("state %v at 95s, want MASTER (the delay has run out); transitions %v", h.m.state, h.transitions)
 			}
 		})
+	}
+}
+
+// TestReadGoesDeaf: a reader whose socket fails for good (not closed by
+// the instance) says so, so that the instance enters FAULT instead of
+// taking the VIP from a master it can no longer hear; a closed socket is
+// the normal end.
+func TestReadGoesDeaf(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		deaf bool
+	}{
+		{errors.New("recvmsg: no buffer space available"), true},
+		{net.ErrClosed, false},
+	} {
+		in := &Instance{cfg: &conf.VRRP{Name: "VI_1"}, log: slog.New(slog.DiscardHandler)}
+		out, deaf := make(chan rawPacket, 1), make(chan struct{})
+		sent := false
+		recv := func() (rawPacket, error) {
+			if !sent {
+				sent = true
+				return rawPacket{payload: []byte{1}}, nil
+			}
+			return rawPacket{}, tt.err
+		}
+		in.read(context.Background(), recv, out, deaf)
+		if len(out) != 1 {
+			t.Errorf("%v: the packet before the error was not passed on", tt.err)
+		}
+		select {
+		case <-deaf:
+			if !tt.deaf {
+				t.Errorf("%v: reported deaf", tt.err)
+			}
+		default:
+			if tt.deaf {
+				t.Errorf("%v: not reported deaf", tt.err)
+			}
+		}
 	}
 }
