@@ -651,4 +651,14 @@ func TestLoadAdmin(t *testing.T) {
 	if _, err := LoadAdmin(write("syntax.toml", "[admin\n")); err == nil {
 		t.Error("LoadAdmin accepted a file that is not TOML")
 	}
+	// A syntax error elsewhere (mysqlrouter.conf's unquoted address) is
+	// the daemon's to judge; one inside [admin] is reported at its line.
+	elsewhere := "[logger]\nlevel = \"info\"\n\n[admin] # ctl\naddress = \"127.0.0.1:9902\"\ntoken = \"t\"\n\n[routing.rw]\nbind_address = 0.0.0.0\n"
+	if a, err := LoadAdmin(write("elsewhere.toml", elsewhere)); err != nil || a.Address != "127.0.0.1:9902" || a.Token != "t" {
+		t.Errorf("LoadAdmin with a syntax error in a route: %+v, %v; want the [admin] section", a, err)
+	}
+	_, err = LoadAdmin(write("inside.toml", "[routing.rw]\nbind_port = 1\n\n[admin]\naddress = 127.0.0.1\n"))
+	if err == nil || !strings.Contains(err.Error(), ":5:") {
+		t.Errorf("LoadAdmin with a syntax error in [admin]: %v; want it reported at line 5", err)
+	}
 }

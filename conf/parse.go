@@ -37,14 +37,19 @@ func Parse(file string, data []byte) (*Config, error) {
 
 // LoadAdmin reads only [admin] from the file at path, for `hamr ctl`:
 // problems elsewhere in the file (say, in an edit about to be reloaded
-// and rejected) do not keep ctl from reaching the daemon. Errors are
-// those of [admin], and TOML syntax errors.
+// and rejected), even TOML syntax errors, do not keep ctl from reaching
+// the daemon. Errors are those of [admin].
 func LoadAdmin(path string) (Admin, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Admin{}, fmt.Errorf("conf: %w", err)
 	}
 	d, c := parse(path, data)
+	if c == nil {
+		// A syntax error: read [admin] alone, at its own line numbers, so
+		// that a mistake elsewhere is the daemon's to judge.
+		d, c = parse(path, adminOnly(data))
+	}
 	var mine Errors
 	for _, e := range d.errs.List {
 		if c == nil || e.Key == "admin" || strings.HasPrefix(e.Key, "admin.") {
@@ -56,6 +61,24 @@ func LoadAdmin(path string) (Admin, error) {
 		return Admin{}, &mine
 	}
 	return c.Admin, nil
+}
+
+// adminOnly returns data with every line outside the [admin] table
+// blanked, so that line numbers stay those of the file.
+func adminOnly(data []byte) []byte {
+	lines := strings.Split(string(data), "\n")
+	in := false
+	for i, l := range lines {
+		if t := strings.TrimSpace(l); strings.HasPrefix(t, "[") {
+			head, _, _ := strings.Cut(t, "#")
+			head = strings.TrimSpace(head)
+			in = strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(head, "["), "]")) == "admin" && !strings.HasPrefix(head, "[[")
+		}
+		if !in {
+			lines[i] = ""
+		}
+	}
+	return []byte(strings.Join(lines, "\n"))
 }
 
 // parse decodes data into a Config with every default applied, collecting
