@@ -147,6 +147,31 @@ func TestReload(t *testing.T) {
 		} else if m, _ := h.metrics(); hasSeries(m, series("hamr_destination_up", "route", "ro", "destination", topo.Addr(1))) {
 			t.Errorf("hamr_destination_up for a destination the ro route no longer has is still exported (%v)", up)
 		}
+		// The proxy's series stay for that destination: ro still falls
+		// back to rw, which has it.
+
+		// A destination taken out of a route that falls back to nothing
+		// loses its series once the old route has drained.
+		extra2 := extra
+		extra2.Dests = []string{topo.Addr(2)}
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2, extra2}})
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := portVia(ctx, Addr(extra.Port)); err != nil || got != p2 {
+			t.Errorf("changed extra route: port %d, %v; want %d", got, err, p2)
+		}
+		time.Sleep(2 * time.Second) // longer than the drain timeout
+		m, err := h.metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gone := series("hamr_route_sessions_total", "route", "extra", "destination", topo.Addr(0)); hasSeries(m, gone) {
+			t.Errorf("%s is still exported after the destination left the route", gone)
+		}
+		if kept := series("hamr_route_sessions_total", "route", "extra", "destination", topo.Addr(2)); m[kept] != 1 {
+			t.Errorf("%s = %v, want 1", kept, m[kept])
+		}
 	})
 }
 

@@ -83,9 +83,10 @@ func (m *Metrics) DeleteRoute(name string) {
 	m.refusals.DeletePartialMatch(l)
 }
 
-// deleteDest removes the series of one destination of a route: one that
-// an earlier fallback had and no session uses any more.
-func (m *Metrics) deleteDest(route, addr string) {
+// DeleteDestination removes the series of one destination of a route:
+// one that a reload took out of the route (call it once the old Route's
+// Shutdown has returned), or that an earlier fallback had.
+func (m *Metrics) DeleteDestination(route, addr string) {
 	l := prometheus.Labels{"route": route, "destination": addr}
 	m.active.Delete(l)
 	m.total.Delete(l)

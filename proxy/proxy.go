@@ -227,10 +227,22 @@ func (r *Route) retire() {
 			return false
 		}
 		if !live[d.addr] {
-			r.m.deleteDest(r.cfg.Name, d.addr)
+			r.m.DeleteDestination(r.cfg.Name, d.addr)
 		}
 		return true
 	})
+}
+
+// boundAddr is the configured address with the port the kernel chose
+// (for port 0): the kernel's form drops an IPv6 zone, without which a
+// link-local address could not be bound again.
+func boundAddr(configured, bound string) string {
+	host, _, err := net.SplitHostPort(configured)
+	_, port, berr := net.SplitHostPort(bound)
+	if err != nil || berr != nil {
+		return bound
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func (r *Route) check() error {
@@ -285,7 +297,7 @@ func (r *Route) Start() error {
 		r.loopsWG.Go(l.loopRun)
 	}
 	r.started = true
-	r.addr = ln.addr
+	r.addr = boundAddr(r.cfg.Addr, ln.addr)
 	// Watch before the first session, so that no primary move is missed;
 	// Shutdown stops watching.
 	r.unwatch = append(r.unwatch, r.rt.Watch(r.changed))

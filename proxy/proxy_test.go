@@ -780,6 +780,21 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// TestRebindKeepsZone: with close_listener_when_down, a route on a
+// link-local IPv6 address binds again with its zone.
+func TestRebindKeepsZone(t *testing.T) {
+	be := newBackend(t, echo)
+	rt := newRouting(t, routing.FirstAvailable, be.addr())
+	p := startRoute(t, Config{Addr: "[fe80::1%lo]:0", CloseListenerWhenDown: true}, rt, Options{})
+	if a := p.Addr(); !strings.HasPrefix(a, "[fe80::1%lo]:") {
+		t.Errorf("Addr() = %s, want [fe80::1%%lo]:PORT", a)
+	}
+	rt.SetUp(0, false)
+	eventually(t, "listener closed", func() bool { return !p.Listening() })
+	rt.SetUp(0, true)
+	eventually(t, "listener bound again", func() bool { return p.Listening() })
+}
+
 // TestCloseSessionsTo: on a route bound to all addresses, only the
 // sessions that came in through the given address are closed.
 func TestCloseSessionsTo(t *testing.T) {

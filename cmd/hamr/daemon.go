@@ -68,7 +68,13 @@ type daemon struct {
 	// same name took them over (a replaced route keeps counting in the
 	// same series).
 	liveMu sync.Mutex
-	live   map[string][]string
+	live   map[string]liveRoute
+}
+
+// liveRoute is what a route name in use has metric series for.
+type liveRoute struct {
+	dests    []string
+	fallback string // the route it falls back to, or ""
 }
 
 // route is one [routing.NAME] section at work.
@@ -153,7 +159,7 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		cutDrains: cutDrains,
 		routes:    make(map[string]*route),
 		vrrps:     make(map[string]*vrrpInst),
-		live:      make(map[string][]string),
+		live:      make(map[string]liveRoute),
 	}
 	d.admin = &endpoint{log: log, handler: d.adminHandler}
 	d.view.Store(&view{})
@@ -387,7 +393,7 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	}
 	r.rt, r.primary = rt, rt.Primary()
 	d.liveMu.Lock()
-	d.live[rc.Name] = rc.Destinations // before proxy.New creates the metric series
+	d.live[rc.Name] = liveRoute{dests: rc.Destinations, fallback: rc.Fallback} // before proxy.New creates the metric series
 	d.liveMu.Unlock()
 	r.px = proxy.New(proxy.Config{
 		Name:                  rc.Name,
@@ -527,15 +533,25 @@ func (d *daemon) removeRoute(name string) {
 		}
 		r.wg.Wait()
 		d.liveMu.Lock()
-		successor, replaced := d.live[name]
+		next, replaced := d.live[name]
+		successor := next.dests
 		if !replaced {
 			d.pm.DeleteRoute(name)
 			d.m.writable.DeleteLabelValues(name)
+		}
+		// The proxy's series of a read-only route also count the
+		// destinations of the route it falls back to.
+		proxied := successor
+		if next.fallback != "" {
+			proxied = append(slices.Clip(proxied), d.live[next.fallback].dests...)
 		}
 		for _, addr := range r.dests {
 			if !slices.Contains(successor, addr) {
 				d.hm.Delete(name, addr)
 				d.m.primary.DeleteLabelValues(name, addr)
+			}
+			if replaced && !slices.Contains(proxied, addr) {
+				d.pm.DeleteDestination(name, addr)
 			}
 		}
 		d.liveMu.Unlock()
