@@ -101,6 +101,8 @@ func (e *endpoint) serve(ln net.Listener) *http.Server {
 	srv := &http.Server{
 		Handler:           e.handler(func() string { return *e.token.Load() }),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       time.Minute, // a scraper's idle keep-alive does not hold a goroutine for ever
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelWarn),
 	}
 	e.wg.Go(func() {
