@@ -103,21 +103,22 @@ func (l *loop) balance() *loop {
 
 // admitFrom serves cfd, accepted by loop from, on l.
 func (l *loop) admitFrom(from *loop, cfd int) {
+	gen := l.r.gen.Load() // as accepted: a CloseSessions during the hand-over drops it
 	if l == from {
-		l.admit(cfd)
+		l.admit(cfd, gen)
 		return
 	}
 	l.load.Add(1) // counted at once, so that a burst spreads
 	l.r.wg.Add(1) // Shutdown waits for the hand-over too
 	l.post(func(l *loop) {
 		l.load.Add(-1)
-		l.admit(cfd)
+		l.admit(cfd, gen)
 		l.r.wg.Done()
 	})
 }
 
-// admit starts serving a new client.
-func (l *loop) admit(cfd int) {
+// admit starts serving a new client, accepted in generation gen.
+func (l *loop) admit(cfd int, gen uint64) {
 	r := l.r
 	if r.clients.Add(1) > int64(r.cfg.MaxConnections) {
 		r.clients.Add(-1)
@@ -130,7 +131,7 @@ func (l *loop) admit(cfd int) {
 	}
 	r.wg.Add(1)
 	l.load.Add(1)
-	s := &session{r: r, l: l, tag: l.nextTag(), cfd: cfd, sfd: -1, gen: r.gen.Load()}
+	s := &session{r: r, l: l, tag: l.nextTag(), cfd: cfd, sfd: -1, gen: gen}
 	l.put(cfd, s)
 	l.connect(s)
 }
