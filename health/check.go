@@ -19,6 +19,8 @@ import (
 const (
 	erParseError            = 1064 // SHOW REPLICA STATUS before MySQL 8.0.22 / MariaDB 10.5.1
 	erUnknownSystemVariable = 1193 // @@super_read_only on MariaDB
+	erConCount              = 1040 // Too many connections
+	erTooManyUserConns      = 1203 // max_user_connections of the monitoring user
 )
 
 // Replica_IO_Running and Replica_SQL_Running values.
@@ -39,6 +41,7 @@ const (
 // result is the outcome of one check.
 type result struct {
 	ok       bool
+	busy     bool   // the server is there but has no connection for the check: no verdict
 	class    string // metric reason label: classOK, classDial, …
 	reason   string // Status.Reason
 	role     Role
@@ -134,6 +137,13 @@ func (c *Checker) probe(ctx context.Context, dial client.Dialer) result {
 	if err != nil {
 		if !dialed {
 			return failed(classDial, "dial: "+describe(err))
+		}
+		// A server out of connections is alive and keeps its role:
+		// failing writes over to another server because of a connection
+		// storm would leave two servers written to.
+		var me *mysql.MyError
+		if errors.As(err, &me) && (me.Code == erConCount || me.Code == erTooManyUserConns) {
+			return result{busy: true, class: classBusy, reason: "busy: " + describe(err), role: RoleUnknown}
 		}
 		return failed(classLogin, "login: "+describe(err))
 	}

@@ -229,6 +229,10 @@ func (c *Checker) checkOnce(ctx context.Context) {
 	if !r.ok {
 		c.log.Debug("health check failed", "reason", r.reason)
 	}
+	if r.busy {
+		c.busy(r, end)
+		return
+	}
 	c.apply(r, end)
 }
 
@@ -248,6 +252,16 @@ func (c *Checker) Fail(err error) {
 	c.setLocked(false)
 	c.mu.Unlock()
 	c.deliver()
+}
+
+// busy records a check that got no connection from a live server: it
+// counts neither as good nor as bad, so the destination keeps its state,
+// its role and its place in the rise/fall hysteresis.
+func (c *Checker) busy(r result, at time.Time) {
+	c.mu.Lock()
+	c.st.Reason = r.reason
+	c.st.Checked = at
+	c.mu.Unlock()
 }
 
 // apply feeds one check result into the rise/fall hysteresis.

@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -202,6 +204,40 @@ func TestMariaDB(t *testing.T) {
 		"CREATE USER 'hamr_role'@'%'",
 		"GRANT SLAVE MONITOR ON *.* TO 'hamr_role'@'%'",
 	)
+
+	t.Run("a server out of connections keeps its state", func(t *testing.T) {
+		up := NewChecker(Config{Addr: m.addr, Level: LevelLogin, User: "hamr_mon", Rise: 1, Fall: 1}, Options{})
+		up.checkOnce(context.Background())
+		down := NewChecker(Config{Addr: m.addr, Level: LevelLogin, User: "hamr_mon", Rise: 1, Fall: 1}, Options{})
+		down.Fail(errors.New("dial refused")) // say, while it restarted
+		if !up.Status().Up || down.Status().Up {
+			t.Fatalf("before: %+v, %+v; want up, down", up.Status(), down.Status())
+		}
+		m.exec(t, "SET GLOBAL max_connections = 10") // MariaDB's least
+		defer m.exec(t, "SET GLOBAL max_connections = 151")
+		// Fill the server (it may let one more in than max_connections).
+		for i := 0; ; i++ {
+			held, err := client.ConnectWithTimeout(m.addr, "hamr_pw", "pw", "", 5*time.Second)
+			var me *mysql.MyError
+			if errors.As(err, &me) && me.Code == erConCount {
+				break
+			}
+			if err != nil || i == 20 {
+				t.Fatalf("connection %d to fill the server: %v", i+1, err)
+			}
+			defer held.Quit()
+		}
+		for range 3 {
+			up.checkOnce(context.Background())
+			down.checkOnce(context.Background())
+		}
+		if st := up.Status(); !st.Up || !strings.HasPrefix(st.Reason, "busy: ERROR 1040") {
+			t.Errorf("up destination out of connections: %+v; want up, busy: ERROR 1040", st)
+		}
+		if st := down.Status(); st.Up || !strings.HasPrefix(st.Reason, "busy: ERROR 1040") {
+			t.Errorf("down destination out of connections: %+v; want down, busy: ERROR 1040", st)
+		}
+	})
 
 	t.Run("login leaves no aborted connects", func(t *testing.T) {
 		connects, clients := m.status(t, "Aborted_connects"), m.status(t, "Aborted_clients")

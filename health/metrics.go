@@ -18,6 +18,7 @@ const (
 	classReplication = "replication"
 	classLag         = "lag"
 	classTimeout     = "timeout"
+	classBusy        = "busy"
 )
 
 // Metrics holds the health checkers' Prometheus collectors. One Metrics is
