@@ -3,11 +3,14 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,4 +248,26 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// dialClosed checks that nothing listens on addr: a connect is refused.
+// On loopback a connect to a closed port in the ephemeral range can pick
+// that same port as its source and connect to itself; that counts as
+// refused, and is tried again.
+func dialClosed(addr string) error {
+	for range 3 {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%v, want ECONNREFUSED", err)
+		}
+		self := c.LocalAddr().String() == c.RemoteAddr().String()
+		c.Close()
+		if !self {
+			return errors.New("accepted, want ECONNREFUSED")
+		}
+	}
+	return errors.New("connected to itself 3 times")
 }
