@@ -495,7 +495,6 @@ func (r *Route) serveListener(ln *listener) {
 func (r *Route) closeListener() {
 	r.mu.Lock()
 	ln := r.ln
-	r.ln = nil
 	r.mu.Unlock()
 	if ln == nil {
 		return
@@ -504,6 +503,11 @@ func (r *Route) closeListener() {
 		l.call(func(l *loop) { l.removeListener(ln) })
 	}
 	ln.close()
+	// Only now: Listening must not say false while a connect could
+	// still land in the socket's backlog.
+	r.mu.Lock()
+	r.ln = nil
+	r.mu.Unlock()
 }
 
 // changed is the routing.Route watcher: it enforces the one-destination
