@@ -235,3 +235,118 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 	}
 	t.Logf("%d clients served, %d refused for lack of descriptors and back", served, refused)
 }
+
+const oneFreeEnv = "HAMR_PROXY_ONE_FREE_BACKEND"
+
+// TestOneFreeChild is the proxy process of TestDialShortagePauses. It
+// does nothing unless started by that test.
+func TestOneFreeChild(t *testing.T) {
+	be := os.Getenv(oneFreeEnv)
+	if be == "" {
+		return
+	}
+	rt, err := routing.New("emfile", routing.FirstAvailable, []string{be}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Name: "emfile", Addr: "127.0.0.1:0", ConnectTimeout: 5 * time.Second, MaxConnections: 1000},
+		rt, Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, nil))})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("\naddr %s\n", p.Addr())
+	in := bufio.NewReader(os.Stdin)
+	in.ReadString('\n')
+	filler, err := fillDescriptors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("full\n")
+	in.ReadString('\n') // the clients are queued
+	// One slot: accept(2) succeeds, and the dial's socket(2) fails.
+	filler[len(filler)-1].Close()
+	fmt.Printf("one free\n")
+	io.Copy(io.Discard, in)
+	for _, f := range filler[:len(filler)-1] {
+		f.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p.Shutdown(ctx)
+}
+
+// TestDialShortagePauses: with one descriptor left, every client is
+// accepted and then cannot be dialed for. Each gets a MySQL error, and
+// the route pauses accepting after each, with a growing back-off, rather
+// than refusing its whole backlog at once: those clients may still be
+// served once descriptors come back.
+func TestDialShortagePauses(t *testing.T) {
+	if os.Getenv(oneFreeEnv) != "" {
+		return
+	}
+	be := newBackend(t, echo)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOneFreeChild$")
+	cmd.Env = append(os.Environ(), oneFreeEnv+"="+be.addr())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		cmd.Process.Kill() // our own child, by PID
+		cmd.Wait()
+	}()
+	hang := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+	defer hang.Stop()
+	sc := bufio.NewScanner(stdout)
+	waitFor := func(s string) string {
+		for sc.Scan() {
+			if _, rest, ok := strings.Cut(sc.Text(), s); ok {
+				return rest
+			}
+		}
+		t.Fatalf("child output ended before %q", s)
+		return ""
+	}
+	addr := waitFor("addr ")
+	io.WriteString(stdin, "fill\n")
+	waitFor("full")
+	const clients = 6
+	var cs []net.Conn
+	for range clients {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	io.WriteString(stdin, "queued\n")
+	waitFor("one free")
+	go io.Copy(io.Discard, stdout)
+	var first, last time.Time
+	for i, c := range cs {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil || n < 5 || b[4] != 0xff {
+			t.Fatalf("client %d: read %q, %v; want an ERR packet", i, b[:n], err)
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		last = time.Now()
+	}
+	// Pauses of 5, 10, 20, 40 and 80 ms between the six refusals: at
+	// least 155 ms. Refused in one batch, they took well under 1 ms.
+	if span := last.Sub(first); span < 100*time.Millisecond {
+		t.Errorf("%d clients refused within %v: the route did not pause accepting, or its back-off did not grow", clients, span)
+	}
+}

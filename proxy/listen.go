@@ -137,14 +137,14 @@ func CheckListenBeside(addr string, ours []string) error {
 	mine := make(map[netip.Addr]bool)
 	for _, o := range ours {
 		if op, err := netip.ParseAddrPort(o); err == nil {
-			mine[op.Addr().Unmap()] = true
+			mine[op.Addr().WithZone("").Unmap()] = true // /proc has no zones
 		}
 	}
 	have, err := listeners(ap.Port())
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	a := ap.Addr().Unmap()
+	a := ap.Addr().WithZone("").Unmap()
 	for _, l := range have {
 		if !mine[l] && collide(a, l) {
 			return fmt.Errorf("listen %s: %w (%s is listening)", addr, unix.EADDRINUSE,

@@ -108,3 +108,18 @@ func TestCheckListenBeside(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckListenBesideZone: hamr's own listener on a link-local address
+// with a zone is recognised in /proc/net/tcp6, which shows no zone, so a
+// reload moving that route to [::] on its port is not refused.
+func TestCheckListenBesideZone(t *testing.T) {
+	mine, err := listenTCP("[fe80::1%lo]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.close()
+	_, port, _ := net.SplitHostPort(mine.addr)
+	if err := CheckListenBeside("[::]:"+port, []string{"[fe80::1%lo]:" + port}); err != nil {
+		t.Errorf("[::]:%s beside only our own [fe80::1%%lo]:%s: %v", port, port, err)
+	}
+}

@@ -55,8 +55,11 @@ func (l *loop) accept(sl *lnSlot) {
 		fd, err := acceptFn(sl.ln.fd)
 		switch err {
 		case nil:
-			sl.ln.recovered(l.r)
 			l.balance().admitFrom(l, fd)
+			if sl.paused {
+				return // the dial found no resources: the backlog waits
+			}
+			sl.ln.recovered(l.r)
 			continue
 		case unix.EAGAIN:
 			return

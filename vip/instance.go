@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hamr-project/hamr/conf"
@@ -57,7 +58,8 @@ type Instance struct {
 	met  *Metrics
 	addr []netip.Addr // virtual addresses without prefix
 
-	kick    chan struct{} // capacity 1: tracked route health changed
+	kick    chan struct{} // capacity 1: tracked route health changed, or deaf
+	deaf    atomic.Bool   // the socket fails: see read
 	done    chan struct{} // closed when a started instance has stopped
 	onLeave func()        // Options.OnLeaveMaster
 
@@ -234,7 +236,8 @@ func (i *Instance) health(linksDown []string) (priority int, fault bool) {
 	i.mu.Lock()
 	priority, fault = effectivePriority(i.cfg.Priority, i.cfg.TrackRoutes, i.unhealthy)
 	i.mu.Unlock()
-	return priority, fault || len(linksDown) > 0
+	// An instance that hears no peer would take the VIP from the master.
+	return priority, fault || len(linksDown) > 0 || i.deaf.Load()
 }
 
 type realClock struct{}
@@ -371,8 +374,7 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 	notify := newNotifier(i.log, cfg.NotifyTimeout)
 	wg.Go(func() { notify.run(context.WithoutCancel(ctx)) })
 	pkts := make(chan rawPacket, 16)
-	deaf := make(chan struct{}) // closed if the reader fails for good
-	wg.Go(func() { i.read(bg, c.recv, pkts, deaf) })
+	wg.Go(func() { i.read(bg, c.recv, pkts) })
 	linksDown := lw.down()
 	wg.Go(func() { lw.run(bg, linksDown) })
 	defer func() {
@@ -413,7 +415,6 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	deafened := false
 	for {
 		if next := m.next(); next.IsZero() {
 			timer.Stop()
@@ -427,11 +428,6 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 			return
 		case p := <-pkts:
 			i.handle(m, p)
-		case <-deaf:
-			// An instance that hears no peer would take the VIP from
-			// the master: FAULT instead, until a restart or a reload.
-			i.log.Error("vrrp instance cannot receive adverts; in FAULT until hamr restarts or a reload restarts the instance")
-			deafened, deaf = true, nil
 		case <-i.kick:
 		case d := <-lw.c:
 			if len(d) > 0 {
@@ -443,31 +439,61 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 		case <-timer.C:
 			m.tick()
 		}
-		if prio, fault := i.health(linksDown); prio != m.prio || (fault || deafened) != m.fault {
-			m.setHealth(fault || deafened, prio)
+		if prio, fault := i.health(linksDown); prio != m.prio || fault != m.fault {
+			m.setHealth(fault, prio)
 		}
 		i.publish(m, &pub)
 	}
 }
 
 // read passes received packets to the loop until the socket is closed.
-// It closes deaf if the socket fails otherwise.
-func (i *Instance) read(ctx context.Context, recv func() (rawPacket, error), out chan<- rawPacket, deaf chan<- struct{}) {
+// Errors in a row past deafAfter set i.deaf (the loop then holds the
+// instance in FAULT) until a packet arrives again; meanwhile it retries
+// with a growing pause rather than spin.
+func (i *Instance) read(ctx context.Context, recv func() (rawPacket, error), out chan<- rawPacket) {
+	failures, pause := 0, 10*time.Millisecond
 	for {
 		p, err := recv()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
-				i.log.Error("vrrp receive failed", "err", err)
-				close(deaf)
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
 			}
-			return
+			if failures++; failures == deafAfter {
+				i.log.Error("vrrp instance cannot receive adverts; in FAULT until it can", "err", err)
+				i.setDeaf(true)
+			}
+			if failures >= deafAfter {
+				select {
+				case <-time.After(pause):
+				case <-ctx.Done():
+					return
+				}
+				pause = min(2*pause, time.Second)
+			}
+			continue
 		}
+		if failures >= deafAfter {
+			i.log.Info("vrrp instance receives adverts again")
+			i.setDeaf(false)
+		}
+		failures, pause = 0, 10*time.Millisecond
 		p.payload = slices.Clone(p.payload)
 		select {
 		case out <- p:
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// deafAfter is how many receive errors in a row make an instance deaf.
+const deafAfter = 100
+
+func (i *Instance) setDeaf(deaf bool) {
+	i.deaf.Store(deaf)
+	select {
+	case i.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -511,13 +537,13 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 // order: addresses first when becoming master, removed first when leaving
 // it (after OnLeaveMaster); then the notify scripts.
 func (i *Instance) transition(v *vips, n *notifier, from, to State, prio int) {
-	if from == StateMaster {
+	if from == StateMaster && i.onLeave != nil {
 		// Sessions first: their FIN must leave from the VIP while it is
 		// still here, or their clients learn only at their next packet.
-		if i.onLeave != nil {
-			i.onLeave()
-		}
-		v.remove()
+		i.onLeave()
+	}
+	if to != StateMaster {
+		v.remove() // also retries an address an earlier removal left
 	}
 	cfg := i.cfg
 	switch to {

@@ -599,41 +599,42 @@ func TestPreemptDelayRearmed(t *testing.T) {
 	}
 }
 
-// TestReadGoesDeaf: a reader whose socket fails for good (not closed by
-// the instance) says so, so that the instance enters FAULT instead of
-// taking the VIP from a master it can no longer hear; a closed socket is
-// the normal end.
+// TestReadGoesDeaf: a reader whose socket fails again and again (not
+// closed by the instance) marks the instance deaf, which holds it in
+// FAULT instead of letting it take the VIP from a master it cannot hear,
+// until a packet arrives again; a closed socket is the normal end.
 func TestReadGoesDeaf(t *testing.T) {
-	for _, tt := range []struct {
-		err  error
-		deaf bool
-	}{
-		{errors.New("recvmsg: no buffer space available"), true},
-		{net.ErrClosed, false},
-	} {
-		in := &Instance{cfg: &conf.VRRP{Name: "VI_1"}, log: slog.New(slog.DiscardHandler)}
-		out, deaf := make(chan rawPacket, 1), make(chan struct{})
-		sent := false
-		recv := func() (rawPacket, error) {
-			if !sent {
-				sent = true
-				return rawPacket{payload: []byte{1}}, nil
-			}
-			return rawPacket{}, tt.err
+	in := &Instance{cfg: &conf.VRRP{Name: "VI_1"}, log: slog.New(slog.DiscardHandler), kick: make(chan struct{}, 1)}
+	out := make(chan rawPacket, 2)
+	calls, deafAtPacket := 0, false
+	recv := func() (rawPacket, error) {
+		calls++
+		switch {
+		case calls == 1:
+			return rawPacket{payload: []byte{1}}, nil
+		case calls <= 1+deafAfter:
+			return rawPacket{}, errors.New("recvmsg: no buffer space available")
+		case calls == 2+deafAfter:
+			deafAtPacket = in.deaf.Load()
+			return rawPacket{payload: []byte{2}}, nil
 		}
-		in.read(context.Background(), recv, out, deaf)
-		if len(out) != 1 {
-			t.Errorf("%v: the packet before the error was not passed on", tt.err)
-		}
-		select {
-		case <-deaf:
-			if !tt.deaf {
-				t.Errorf("%v: reported deaf", tt.err)
-			}
-		default:
-			if tt.deaf {
-				t.Errorf("%v: not reported deaf", tt.err)
-			}
-		}
+		return rawPacket{}, net.ErrClosed
+	}
+	in.read(context.Background(), recv, out)
+	if len(out) != 2 {
+		t.Errorf("%d packets passed on, want the 2 around the errors", len(out))
+	}
+	if !deafAtPacket {
+		t.Errorf("not deaf after %d errors in a row", deafAfter)
+	}
+	if in.deaf.Load() {
+		t.Error("still deaf after a packet arrived")
+	}
+	if len(in.kick) != 1 {
+		t.Error("the loop was not told")
+	}
+	in.deaf.Store(true)
+	if _, fault := in.health(nil); !fault {
+		t.Error("a deaf instance is not in fault")
 	}
 }

@@ -96,9 +96,9 @@ func TestNotifierBackgroundChild(t *testing.T) {
 // started, not only the script.
 func TestNotifierTimeoutKillsGroup(t *testing.T) {
 	dir := t.TempDir()
-	marker := filepath.Join(dir, "survived")
+	marker, started := filepath.Join(dir, "survived"), filepath.Join(dir, "started")
 	script := filepath.Join(dir, "n.sh")
-	body := "#!/bin/sh\nsh -c 'sleep 1; echo yes > " + marker + "'\n"
+	body := "#!/bin/sh\ntouch " + started + "\nsh -c 'sleep 1; echo yes > " + marker + "'\n"
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +108,9 @@ func TestNotifierTimeoutKillsGroup(t *testing.T) {
 	n.transition([]string{script}, nil, "VI_1", "MASTER", 100)
 	n.close()
 	<-done
+	if _, err := os.Stat(started); err != nil {
+		t.Fatalf("the script did not run: %v", err)
+	}
 	time.Sleep(1500 * time.Millisecond) // past the child's own sleep
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("a process the timed-out script started ran on after notify_timeout")

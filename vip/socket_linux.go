@@ -104,17 +104,11 @@ func (c *conn) Send(a *Advert) error {
 // recv reads the next VRRP packet that arrived on the interface. The
 // payload is valid until the next call. It fails once the conn is closed.
 func (c *conn) recv() (rawPacket, error) {
-	for failures := 0; ; {
+	for {
 		h, p, cm, err := c.rc.ReadFrom(c.rbuf)
 		if err != nil {
-			// A header that does not parse is not for us; a closed socket
-			// or a persistent error ends the reader.
-			if failures++; errors.Is(err, net.ErrClosed) || failures >= 100 {
-				return rawPacket{}, err
-			}
-			continue
+			return rawPacket{}, err
 		}
-		failures = 0
 		if cm != nil && cm.IfIndex != 0 && cm.IfIndex != c.ifi.Index {
 			continue // another interface's VRRP
 		}
