@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -17,6 +18,13 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	dialErrs *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+
+	// A series lives while some Route uses it: a route a reload replaced
+	// and its successor (same name) share series, and the last one to
+	// let go deletes them.
+	mu        sync.Mutex
+	destRefs  map[[2]string]int // by route name and destination
+	routeRefs map[string]int    // by route name: the refusal series
 }
 
 // NewMetrics creates the proxy's collectors and registers them on reg. A
@@ -46,6 +54,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hamr_route_refusals_total",
 			Help: "Clients refused with a MySQL error packet, by reason.",
 		}, []string{"route", "reason"}),
+		destRefs:  make(map[[2]string]int),
+		routeRefs: make(map[string]int),
 	}
 	if reg != nil {
 		m.active = register(reg, m.active)
@@ -71,23 +81,35 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	return c
 }
 
-// DeleteRoute removes every series of the named route. Call it when a
-// reload removes or replaces a route, after the old Route's Shutdown has
-// returned and before New for its replacement.
-func (m *Metrics) DeleteRoute(name string) {
-	l := prometheus.Labels{"route": name}
-	m.active.DeletePartialMatch(l)
-	m.total.DeletePartialMatch(l)
-	m.bytes.DeletePartialMatch(l)
-	m.dialErrs.DeletePartialMatch(l)
-	m.refusals.DeletePartialMatch(l)
+// acquireRoute and releaseRoute count the Routes of one name, for the
+// series of the route as a whole.
+func (m *Metrics) acquireRoute(route string) {
+	m.mu.Lock()
+	m.routeRefs[route]++
+	m.mu.Unlock()
 }
 
-// DeleteDestination removes the series of one destination of a route:
-// one that a reload took out of the route (call it once the old Route's
-// Shutdown has returned), or that an earlier fallback had.
-func (m *Metrics) DeleteDestination(route, addr string) {
-	l := prometheus.Labels{"route": route, "destination": addr}
+func (m *Metrics) releaseRoute(route string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.routeRefs[route]--; m.routeRefs[route] > 0 {
+		return
+	}
+	delete(m.routeRefs, route)
+	m.refusals.DeletePartialMatch(prometheus.Labels{"route": route})
+}
+
+// release lets go of d, taken by dest for route; the last release of a
+// destination deletes its series.
+func (m *Metrics) release(route string, d *dest) {
+	k := [2]string{route, d.addr}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.destRefs[k]--; m.destRefs[k] > 0 {
+		return
+	}
+	delete(m.destRefs, k)
+	l := prometheus.Labels{"route": route, "destination": d.addr}
 	m.active.Delete(l)
 	m.total.Delete(l)
 	m.dialErrs.Delete(l)
@@ -120,6 +142,9 @@ type dest struct {
 }
 
 func (m *Metrics) dest(route, addr string) *dest {
+	m.mu.Lock()
+	m.destRefs[[2]string{route, addr}]++
+	m.mu.Unlock()
 	d := &dest{
 		addr:     addr,
 		sessions: make(map[*session]struct{}),

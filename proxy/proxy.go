@@ -93,6 +93,7 @@ type Route struct {
 	addr     string    // bound address, reused when re-binding
 	started  bool
 	stopping bool // Shutdown has begun: no new listener
+	released bool // releaseMetrics ran
 	closing  bool // Shutdown's ctx is done: no new session
 }
 
@@ -118,6 +119,8 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
+	m.acquireRoute(cfg.Name)
+	r.m = m
 	r.refusedMax = m.refusals.WithLabelValues(cfg.Name, reasonMaxConns)
 	r.refusedNoDest = m.refusals.WithLabelValues(cfg.Name, reasonNoDest)
 	r.refusedLocal = m.refusals.WithLabelValues(cfg.Name, reasonLocal)
@@ -133,7 +136,6 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 	for _, a := range rt.Destinations() {
 		r.dests = append(r.dests, m.dest(cfg.Name, a))
 	}
-	r.m = m
 	if fb := rt.Fallback(); fb != nil {
 		r.fb.Store(r.newFallback(fb))
 	}
@@ -205,32 +207,31 @@ func (r *Route) FallbackChanged() {
 }
 
 // retire forgets the destinations of earlier fallbacks that have no
-// session left, and deletes their series unless the route still has a
-// destination at that address. r.mu must be held.
+// session left, and lets go of their series. r.mu must be held.
 func (r *Route) retire() {
-	live := make(map[string]bool)
-	for _, d := range r.dests {
-		live[d.addr] = true
-	}
-	if f := r.fb.Load(); f != nil {
-		for _, d := range f.dests {
-			live[d.addr] = true
-		}
-	}
-	for _, d := range r.oldFb {
-		if len(d.sessions) > 0 {
-			live[d.addr] = true
-		}
-	}
 	r.oldFb = slices.DeleteFunc(r.oldFb, func(d *dest) bool {
 		if len(d.sessions) > 0 {
 			return false
 		}
-		if !live[d.addr] {
-			r.m.DeleteDestination(r.cfg.Name, d.addr)
-		}
+		r.m.release(r.cfg.Name, d)
 		return true
 	})
+}
+
+// releaseMetrics lets go of every series of the Route, once it has ended.
+func (r *Route) releaseMetrics() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.released {
+		return
+	}
+	r.released = true
+	ds := slices.Concat(r.dests, r.fbDests())
+	r.oldFb = nil
+	for _, d := range ds {
+		r.m.release(r.cfg.Name, d)
+	}
+	r.m.releaseRoute(r.cfg.Name)
 }
 
 // boundAddr is the configured address with the port the kernel chose
@@ -452,9 +453,10 @@ func (r *Route) CloseSessionsTo(addrs []netip.Addr) int {
 	return n
 }
 
-// stopLoops ends the loops once no session is left, and stops watching
-// the routing.Routes: a fallback route that outlives this one (a reload
-// replaced only this one) must not keep it alive.
+// stopLoops ends the loops once no session is left, stops watching the
+// routing.Routes (a fallback route that outlives this one, when a reload
+// replaced only this one, must not keep it alive) and lets go of the
+// Route's metric series.
 func (r *Route) stopLoops() {
 	r.mu.Lock()
 	for _, stop := range r.unwatch {
@@ -466,6 +468,7 @@ func (r *Route) stopLoops() {
 		l.post(func(l *loop) { l.closed = true })
 	}
 	r.loopsWG.Wait()
+	r.releaseMetrics()
 }
 
 // open returns the number of open sessions. r.mu must be held.

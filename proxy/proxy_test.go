@@ -579,6 +579,42 @@ func TestFallbackChangedSeries(t *testing.T) {
 	eventually(t, "old fallback's series gone", func() bool { return slices.Equal(seriesDests(t, reg), want) })
 }
 
+// TestSeriesSharedWithSuccessor: a route that a reload replaced, while it
+// drains a session through an earlier fallback, does not delete the
+// series of a destination its successor (same name) uses; and once both
+// are gone, nothing of the route is left, its fallbacks' series included.
+func TestSeriesSharedWithSuccessor(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	rt, a, c, old, _ := fallenBack(t, Options{Metrics: m})
+	newPrimary := newBackend(t, named("new"))
+	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, newPrimary.addr())); err != nil {
+		t.Fatal(err)
+	}
+	a.FallbackChanged() // old now only drains c's session
+	b := startRoute(t, Config{Name: "ro"}, newRouting(t, routing.RoundRobin, old), Options{Metrics: m})
+	cb := dialProxy(t, b)
+	if name, err := readLine(cb); err != nil || name != "old" {
+		t.Fatalf("successor reached %q (%v), want old", name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Shutdown(context.Background()) }()
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := seriesDests(t, reg); !slices.Equal(got, []string{old}) {
+		t.Errorf("after the replaced route's end: series for %v, want only the successor's %s", got, old)
+	}
+	cb.Close()
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 0 {
+		t.Errorf("%d series (%v) left after both routes ended", n, err)
+	}
+}
+
 // seriesDests returns the destinations that hamr_route_sessions_active
 // has a series for, sorted.
 func seriesDests(t *testing.T, reg *prometheus.Registry) []string {
@@ -766,13 +802,24 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%v = %v, want %v", tc.c.(prometheus.Metric).Desc(), v, tc.want)
 		}
 	}
-	m.DeleteRoute("rw")
+	// A successor of the same name (a reload replaced the route) keeps
+	// counting in the same series; when the last one is gone, so are they.
+	next := startRoute(t, Config{Name: "rw"}, newRouting(t, routing.FirstAvailable, be.addr()), Options{Metrics: m})
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(m.total.WithLabelValues("rw", be.addr())); v != 1 {
+		t.Errorf("sessions_total after the first route's Shutdown = %v, want 1 (kept for its successor)", v)
+	}
+	if err := next.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	n, err := testutil.GatherAndCount(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n != 0 {
-		t.Errorf("%d series left after DeleteRoute", n)
+		t.Errorf("%d series left after both routes' Shutdown", n)
 	}
 }
 

@@ -68,13 +68,7 @@ type daemon struct {
 	// same name took them over (a replaced route keeps counting in the
 	// same series).
 	liveMu sync.Mutex
-	live   map[string]liveRoute
-}
-
-// liveRoute is what a route name in use has metric series for.
-type liveRoute struct {
-	dests    []string
-	fallback string // the route it falls back to, or ""
+	live   map[string][]string
 }
 
 // route is one [routing.NAME] section at work.
@@ -159,7 +153,7 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 		cutDrains: cutDrains,
 		routes:    make(map[string]*route),
 		vrrps:     make(map[string]*vrrpInst),
-		live:      make(map[string]liveRoute),
+		live:      make(map[string][]string),
 	}
 	d.admin = &endpoint{log: log, handler: d.adminHandler}
 	d.view.Store(&view{})
@@ -393,7 +387,7 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	}
 	r.rt, r.primary = rt, rt.Primary()
 	d.liveMu.Lock()
-	d.live[rc.Name] = liveRoute{dests: rc.Destinations, fallback: rc.Fallback} // before proxy.New creates the metric series
+	d.live[rc.Name] = rc.Destinations // before proxy.New creates the metric series
 	d.liveMu.Unlock()
 	r.px = proxy.New(proxy.Config{
 		Name:                  rc.Name,
@@ -415,6 +409,7 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		d.liveMu.Lock()
 		delete(d.live, rc.Name)
 		d.liveMu.Unlock()
+		r.px.Shutdown(context.Background()) // lets go of its metric series; nothing runs
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
 	d.startChecks(r, rc, false)
@@ -532,26 +527,17 @@ func (d *daemon) removeRoute(name string) {
 			d.log.Warn("route drained with sessions cut", "route", name, "err", err)
 		}
 		r.wg.Wait()
+		// The proxy's series went with Shutdown (those a successor of the
+		// same name uses stay); the daemon's own follow the same rule.
 		d.liveMu.Lock()
-		next, replaced := d.live[name]
-		successor := next.dests
+		successor, replaced := d.live[name]
 		if !replaced {
-			d.pm.DeleteRoute(name)
 			d.m.writable.DeleteLabelValues(name)
-		}
-		// The proxy's series of a read-only route also count the
-		// destinations of the route it falls back to.
-		proxied := successor
-		if next.fallback != "" {
-			proxied = append(slices.Clip(proxied), d.live[next.fallback].dests...)
 		}
 		for _, addr := range r.dests {
 			if !slices.Contains(successor, addr) {
 				d.hm.Delete(name, addr)
 				d.m.primary.DeleteLabelValues(name, addr)
-			}
-			if replaced && !slices.Contains(proxied, addr) {
-				d.pm.DeleteDestination(name, addr)
 			}
 		}
 		d.liveMu.Unlock()
