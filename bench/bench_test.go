@@ -57,6 +57,15 @@ func TestRatioOrientation(t *testing.T) {
 	if got := ratio(2, 1, true); got != 0.5 {
 		t.Errorf("lower-is-better ratio = %v, want 0.5", got)
 	}
+	if got := ratio(0, 0, true); got != 1 {
+		t.Errorf("0 errors against 0 = %v, want 1 (a tie)", got)
+	}
+	if got := ratio(0, 8, true); !math.IsNaN(got) {
+		t.Errorf("0 errors against 8 = %v, want NaN (no finite ratio)", got)
+	}
+	if got := ratio(8, 0, true); got != 0 {
+		t.Errorf("8 errors against 0 = %v, want 0", got)
+	}
 	if got := median([]float64{3, 1, 2, 10}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
 	}
@@ -80,21 +89,35 @@ func TestRatioOrientation(t *testing.T) {
 	}
 }
 
+// TestQuickFlags: -quick shrinks every size the command line did not set.
+func TestQuickFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-quick", "-idle", "50"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := quickOptions(options{})
+	if o.idleSessions != 50 || o.rounds != q.rounds || o.sysbenchTime != q.sysbenchTime {
+		t.Errorf("-quick -idle 50: idle %d, rounds %d, sysbench %v; want 50, %d, %v",
+			o.idleSessions, o.rounds, o.sysbenchTime, q.rounds, q.sysbenchTime)
+	}
+}
+
 func TestConfigs(t *testing.T) {
 	routes := []route{
 		{name: "bulk", port: 7001, dests: []string{"127.0.0.1:9000"}},
 		{name: "fo", port: 7002, dests: []string{"127.0.0.1:3306", "127.0.0.1:3307"}, mysql: true, failover: true},
 	}
 	h := haproxyConfig(routes, 2, 20000)
-	for _, s := range []string{"nbthread 2", "mode tcp", "option splice-request", "option splice-response",
-		"timeout connect", "server s0 127.0.0.1:9000\n", "check inter 100 fall 1 rise 1 backup"} {
+	for _, s := range []string{"nbthread 2", "mode tcp", "option splice-auto", "tune.pipesize 1048576",
+		"timeout connect", "server s0 127.0.0.1:9000 check inter 500\n", "option mysql-check user " + checkUser,
+		"option redispatch 1", "check inter 100 fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down backup"} {
 		if !strings.Contains(h, s) {
 			t.Errorf("haproxy config lacks %q:\n%s", s, h)
 		}
 	}
 	c := hamrConfig("127.0.0.1:8081", routes)
 	for _, s := range []string{"[routing.bulk]", "bind_port = 7001", `destinations = ["127.0.0.1:3306", "127.0.0.1:3307"]`,
-		"[routing.fo.health]", `level = "login"`, "max_connections = 20000"} {
+		"[routing.fo.health]", `level = "login"`, `user = "` + checkUser + `"`, "max_connections = 20000"} {
 		if !strings.Contains(c, s) {
 			t.Errorf("hamr config lacks %q:\n%s", s, c)
 		}
@@ -127,6 +150,7 @@ func TestQuickRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	o.progress = testWriter{t}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -135,8 +159,15 @@ func TestQuickRun(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 	t.Logf("quick run took %v", time.Since(start).Round(time.Second))
+	// A run that reports trouble (sysbench errors, a proxy that died, a
+	// failover B did not serve) is a failed smoke test; only the lowered
+	// idle count is expected on a machine with a small fd limit.
 	for _, e := range rep.Errors {
-		t.Logf("reported: %s", e)
+		if strings.Contains(e, "do not fit RLIMIT_NOFILE") {
+			t.Logf("reported: %s", e)
+			continue
+		}
+		t.Errorf("reported: %s", e)
 	}
 
 	// Every workload has a positive main value for every contender it
@@ -171,7 +202,7 @@ func TestQuickRun(t *testing.T) {
 			switch {
 			case !ok:
 				t.Errorf("%s: no value for %s", key, c)
-			case math.IsNaN(v) || v < 0:
+			case math.IsNaN(v) || v < 0 && !strings.Contains(metric, "RSS"): // RSS can shrink
 				t.Errorf("%s: %s = %v", key, c, v)
 			case v == 0 && !strings.Contains(metric, "errors") && !strings.Contains(metric, "CPU") && !strings.Contains(metric, "RSS"):
 				// CPU can round to 0 ticks in a tiny run; RSS can shrink.
@@ -210,4 +241,12 @@ func TestQuickRun(t *testing.T) {
 	if !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), "<rect") < 3*7 {
 		t.Errorf("chart has too few bars:\n%.300s", svg)
 	}
+}
+
+// testWriter sends the suite's progress lines to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

@@ -110,8 +110,7 @@ func hamrConfig(admin string, routes []route) string {
 		fmt.Fprintf(&b, "mode = \"read-write\"\ndestinations = [%s]\nmax_connections = 20000\n",
 			strings.Join(quoted, ", "))
 		if r.mysql {
-			fmt.Fprintf(&b, "\n[routing.%s.health]\nlevel = \"login\"\nuser = %q\npassword = %q\n",
-				r.name, dbUser, dbPassword)
+			fmt.Fprintf(&b, "\n[routing.%s.health]\nlevel = \"login\"\nuser = %q\n", r.name, checkUser)
 		}
 	}
 	return b.String()
@@ -179,9 +178,14 @@ func waitHTTP(url string, timeout time.Duration, p *process) error {
 	return last
 }
 
-// haproxyConfig renders an HAProxy configuration for routes: mode tcp,
-// nbthread = hamr's GOMAXPROCS (-threads), splice in both directions, no
-// logging, and health checks only on failover routes.
+// haproxyConfig renders an HAProxy configuration for routes, set up as
+// an operator who knows HAProxy would: mode tcp, nbthread = hamr's
+// GOMAXPROCS (-threads), splice-auto (splice where it pays, as hamr
+// does) with hamr's 1 MiB pipes, no logging, and the same health checks
+// as hamr's (TCP every 500 ms; a MySQL login on MariaDB routes). The
+// failover route is tuned for a fast failover: 100 ms checks, the first
+// failed connect marks the server down (observe layer4), and the retry
+// goes to the backup at once (redispatch 1) after a 100 ms turn-around.
 // maxconn fits the file-descriptor limit: two sockets per session plus
 // the splice pipe pool (two fds per pipe).
 func haproxyConfig(routes []route, nbthread int, nofile uint64) string {
@@ -194,6 +198,7 @@ global
     nbthread %d
     maxconn %d
     maxpipes %d
+    tune.pipesize 1048576
 
 defaults
     mode tcp
@@ -201,24 +206,26 @@ defaults
     timeout connect 1s
     timeout client 1h
     timeout server 1h
-    option splice-request
-    option splice-response
+    option splice-auto
 `, nbthread, maxconn, maxpipes, maxconn)
 	for _, r := range routes {
 		fmt.Fprintf(&b, "\nlisten %s\n    bind 127.0.0.1:%d\n", r.name, r.port)
+		if r.mysql {
+			fmt.Fprintf(&b, "    option mysql-check user %s post-41\n", checkUser)
+		}
 		if !r.failover {
 			for i, d := range r.dests {
-				fmt.Fprintf(&b, "    server s%d %s\n", i, d)
+				fmt.Fprintf(&b, "    server s%d %s check inter 500\n", i, d)
 			}
 			continue
 		}
-		fmt.Fprintf(&b, "    option redispatch\n    retries 3\n")
+		fmt.Fprintf(&b, "    option redispatch 1\n    retries 3\n    timeout connect 100ms\n")
 		for i, d := range r.dests {
 			backup := ""
 			if i > 0 {
 				backup = " backup"
 			}
-			fmt.Fprintf(&b, "    server s%d %s check inter 100 fall 1 rise 1%s\n", i, d, backup)
+			fmt.Fprintf(&b, "    server s%d %s check inter 100 fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down%s\n", i, d, backup)
 		}
 	}
 	return b.String()

@@ -101,7 +101,24 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.sysbenchThr = []int{8, 32}
 	if o.quick {
-		o = quickOptions(o)
+		// Quick sizes, except for what a flag set: -quick -idle 50.
+		set := make(map[string]bool)
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		q := quickOptions(o)
+		for name, take := range map[string]func(){
+			"rounds":         func() { o.rounds = q.rounds },
+			"bulk-bytes":     func() { o.bulkBytes = q.bulkBytes },
+			"bulk-reps":      func() { o.bulkReps = q.bulkReps },
+			"sysbench-time":  func() { o.sysbenchTime = q.sysbenchTime },
+			"conn-time":      func() { o.connTime = q.connTime },
+			"idle":           func() { o.idleSessions = q.idleSessions },
+			"failover-warm":  func() { o.foWarm = q.foWarm },
+			"failover-after": func() { o.foAfter = q.foAfter },
+		} {
+			if !set[name] {
+				take()
+			}
+		}
 	}
 	o.contenders = splitList(contenders)
 	o.workloads = splitList(workloads)
@@ -274,6 +291,15 @@ func (e *env) proxyKinds() (k []string) {
 		}
 	}
 	return k
+}
+
+// rotated returns s starting at its element k (mod len(s)).
+func rotated[T any](s []T, k int) []T {
+	if len(s) == 0 {
+		return s
+	}
+	k %= len(s)
+	return slices.Concat(s[k:], s[:k])
 }
 
 // resolvePaths fills in the default output and source paths.
@@ -479,6 +505,10 @@ func (e *env) round(ctx context.Context, round int) error {
 		defer px.stop()
 		targets = append(targets, &target{name: c, px: px, addrs: px.routes})
 	}
+	// Who goes first changes from round to round: what one contender
+	// leaves behind (TIME_WAIT sockets, a warm cache) does not always
+	// land on the same next one.
+	targets = rotated(targets, round)
 	steps := []struct {
 		name string
 		fn   func(context.Context, []*target) error
@@ -548,8 +578,8 @@ func (e *env) runBulk(ctx context.Context, targets []*target) error {
 			// Several interleaved passes per round: loopback throughput
 			// on a shared machine swings from one second to the next.
 			sums := make(map[string][]bulkSum)
-			for range e.o.bulkReps {
-				for _, t := range targets {
+			for rep := range e.o.bulkReps {
+				for _, t := range rotated(targets, rep) {
 					if err := ctx.Err(); err != nil {
 						return err
 					}
@@ -670,7 +700,7 @@ func (e *env) runConnRate(ctx context.Context, targets []*target) error {
 // counts in the baseline or hides the sessions' own cost.
 func (e *env) runIdle(ctx context.Context, round int) error {
 	const wl = "idle sessions"
-	for _, kind := range e.proxyKinds() {
+	for _, kind := range rotated(e.proxyKinds(), round) {
 		n := e.o.idleSessions
 		r, err := e.idleOnce(ctx, kind, round, n)
 		if err != nil && n >= 400 && ctx.Err() == nil {
@@ -708,7 +738,7 @@ func (e *env) idleOnce(ctx context.Context, kind string, round, n int) (idleResu
 // B; A is killed under load and restarted afterwards.
 func (e *env) runFailover(ctx context.Context, round int) error {
 	const wl = "failover (kill primary)"
-	for _, kind := range e.proxyKinds() {
+	for _, kind := range rotated(e.proxyKinds(), round) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -17,7 +17,10 @@ import (
 const (
 	dbUser     = "bench"
 	dbPassword = "bench"
-	dbName     = "sbtest"
+	// checkUser has no password and no privilege: both proxies' health
+	// checks log in as it (HAProxy's mysql-check cannot send a password).
+	checkUser = "bench_check"
+	dbName    = "sbtest"
 )
 
 // mariadb is a MariaDB server the suite runs in its own data directory on a
@@ -151,6 +154,7 @@ func (m *mariadb) setup(ctx context.Context) error {
 		"CREATE DATABASE IF NOT EXISTS " + dbName,
 		fmt.Sprintf("CREATE USER IF NOT EXISTS '%s'@'%%' IDENTIFIED BY '%s'", dbUser, dbPassword),
 		fmt.Sprintf("GRANT ALL ON *.* TO '%s'@'%%'", dbUser),
+		fmt.Sprintf("CREATE USER IF NOT EXISTS '%s'@'%%'", checkUser),
 	} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("%s: %s: %w", m.name, q, err)

@@ -119,8 +119,11 @@ func ratio(a, b float64, lower bool) float64 {
 	if lower {
 		a, b = b, a
 	}
-	if b == 0 {
-		return math.NaN()
+	switch {
+	case a == 0 && b == 0:
+		return 1 // a tie: no errors on either side, say
+	case b == 0:
+		return math.NaN() // no finite ratio (JSON has no infinity)
 	}
 	return a / b
 }
