@@ -160,32 +160,33 @@ func newDaemon(log *slog.Logger, level *slog.LevelVar) *daemon {
 	return d
 }
 
-// start brings up everything cfg describes. On error, whatever was started
-// is stopped again.
+// start brings up everything cfg describes, the admin endpoint included.
+// What cannot start (a token file, the admin address, a route's port)
+// fails it before any VRRP instance starts, so that a host that cannot
+// serve never takes the VIP; whatever was started is stopped again at
+// once.
 func (d *daemon) start(cfg *conf.Config) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	ac, err := d.admin.prepare(cfg.Admin)
+	if err != nil {
+		return fmt.Errorf("admin endpoint: %w", err)
+	}
 	if err := d.apply(cfg); err != nil {
-		d.stopLocked(context.Background())
+		if ac.ln != nil {
+			ac.ln.Close()
+		}
+		gone, cancel := context.WithCancel(context.Background())
+		cancel() // nothing was ready: no drain
+		d.stopLocked(gone)
 		return err
 	}
+	d.admin.commit(ac)
 	return nil
 }
 
 // errShuttingDown rejects a reload that comes while hamr stops.
 var errShuttingDown = errors.New("hamr is shutting down")
-
-// startAdmin starts the admin endpoint of the configuration start ran.
-func (d *daemon) startAdmin(a conf.Admin) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	c, err := d.admin.prepare(a)
-	if err != nil {
-		return err
-	}
-	d.admin.commit(c)
-	return nil
-}
 
 // stopAdmin stops the admin endpoint, letting requests finish until ctx
 // ends.
@@ -305,6 +306,7 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		return boolInt(a.Fallback != "") - boolInt(b.Fallback != "")
 	})
 	var errs []error
+	starting := d.cfg == nil
 	for _, rc := range order {
 		if r, ok := d.routes[rc.Name]; ok {
 			if !reflect.DeepEqual(r.cfg.Health, rc.Health) {
@@ -336,6 +338,9 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	for _, vc := range cfg.VRRP {
 		if _, ok := d.vrrps[vc.Name]; ok {
 			continue
+		}
+		if starting && len(errs) > 0 {
+			break // hamr will not start: no VIP, no notify scripts
 		}
 		if err := d.startVRRP(vc); err != nil {
 			errs = append(errs, err)

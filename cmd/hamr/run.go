@@ -50,11 +50,6 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	if err := d.startAdmin(cfg.Admin); err != nil {
-		log.Error("cannot start the admin endpoint", "err", err)
-		d.stop(context.Background())
-		return 1
-	}
 	log.Info("hamr ready", "version", version, "config", file, "routes", len(cfg.Routes),
 		"vrrp", len(cfg.VRRP), "admin", cfg.Admin.Address)
 

@@ -444,3 +444,46 @@ func TestHamrWildcardRouteLosesVIP(t *testing.T) {
 		t.Errorf("client through the host's own address: %v; want its session open", err)
 	}
 }
+
+// TestHamrFailedStartTakesNoVIP: hamr whose route cannot bind exits with
+// an error before any VRRP instance starts. As the address owner
+// (priority 255) it would otherwise take the VIP and run notify_master on
+// its way out, and under Restart=always do so again every second.
+func TestHamrFailedStartTakesNoVIP(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	h := l.r1
+	const busy = "127.0.0.1:9401" // another process holds the route's port
+	h.listen(t, busy, true)
+	marker := filepath.Join(l.dir, "notified")
+	script := filepath.Join(l.dir, "notify.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("[health]\nlevel = \"tcp\"\n\n")
+	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 255\n", h.link, vrid)
+	fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\nnotify = %q\n\n", fast.advert, vipPrefix, script)
+	fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9401\nmode = \"read-write\"\ndestinations = [\"127.0.0.1:9402\"]\n")
+	path := filepath.Join(l.dir, "busy.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := l.start("hamr", h, "hamr-busy", hamrBin, "run", "-c", path)
+	if !r.waitExit(10 * time.Second) {
+		t.Fatal("hamr with a route it cannot bind is still running after 10s")
+	}
+	if r.waitErr == nil || !strings.Contains(r.log(), "address already in use") {
+		t.Errorf("hamr exited with %v; want an error naming the busy address:\n%s", r.waitErr, r.log())
+	}
+	if b, err := os.ReadFile(marker); err == nil {
+		t.Errorf("notify ran although hamr could not start: %q", b)
+	}
+	if strings.Contains(r.log(), "vrrp") {
+		t.Errorf("a VRRP instance started although hamr could not:\n%s", r.log())
+	}
+	if h.hasVIP(t) {
+		t.Error("the VIP is on r1 after a failed start")
+	}
+}
