@@ -58,10 +58,11 @@ type Instance struct {
 	met  *Metrics
 	addr []netip.Addr // virtual addresses without prefix
 
-	kick    chan struct{} // capacity 1: tracked route health changed, or deaf
-	deaf    atomic.Bool   // the socket fails: see read
-	done    chan struct{} // closed when a started instance has stopped
-	onLeave func()        // Options.OnLeaveMaster
+	kick     chan struct{} // capacity 1: tracked route health changed, or deaf
+	deaf     atomic.Bool   // the socket fails: see read
+	done     chan struct{} // closed when a started instance has stopped
+	resigned chan struct{} // closed once it has resigned; scripts may still run
+	onLeave  func()        // Options.OnLeaveMaster
 
 	mu        sync.Mutex
 	ran       bool
@@ -90,6 +91,7 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		met:       opts.Metrics,
 		kick:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
+		resigned:  make(chan struct{}),
 		onLeave:   opts.OnLeaveMaster,
 		unhealthy: make(map[string]bool),
 	}
@@ -271,6 +273,7 @@ func (i *Instance) Start(ctx context.Context) error {
 	i.mu.Unlock()
 	hs, err := i.open()
 	if err != nil {
+		close(i.resigned)
 		close(i.done)
 		return fmt.Errorf("vip: vrrp.%s: %w", i.cfg.Name, err)
 	}
@@ -282,9 +285,16 @@ func (i *Instance) Start(ctx context.Context) error {
 	return nil
 }
 
-// Wait returns once an instance that started has stopped, and at once
-// after a failed Start.
+// Wait returns once an instance that started has stopped, its notify
+// scripts done, and at once after a failed Start.
 func (i *Instance) Wait() { <-i.done }
+
+// Resigned is closed once a cancelled instance has resigned (a master has
+// sent its priority-0 advert and removed its VIPs) and sends nothing
+// more, while its notify scripts (notify_stop, and any still queued) may
+// still run: a peer can take over, and the daemon go on stopping,
+// without waiting for them.
+func (i *Instance) Resigned() <-chan struct{} { return i.resigned }
 
 // host is what a started instance holds: netlink handles, its sockets,
 // and the virtual addresses it manages.
@@ -425,6 +435,8 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 		case <-ctx.Done():
 			m.stop()
 			i.publish(m, &pub)
+			c.Close() // no advert after the resignation
+			close(i.resigned)
 			return
 		case p := <-pkts:
 			i.handle(m, p)

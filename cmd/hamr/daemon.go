@@ -69,6 +69,8 @@ type daemon struct {
 	// same series).
 	liveMu sync.Mutex
 	live   map[string][]string
+
+	scripts sync.WaitGroup // stopped VRRP instances finishing their notify scripts
 }
 
 // route is one [routing.NAME] section at work.
@@ -784,12 +786,16 @@ func bindsVIP(rc *conf.Route, vips []netip.Addr) int {
 	return bindOther
 }
 
-// stopVRRP resigns an instance (priority 0 advert, VIPs removed) and waits.
+// stopVRRP resigns an instance (priority 0 advert, VIPs removed) and
+// waits for that. Its notify scripts (notify_stop, and any still queued)
+// finish in the background: a slow script must hold neither a reload
+// nor the stop's drain; stop waits for them last.
 func (d *daemon) stopVRRP(name string) {
 	v := d.vrrps[name]
 	delete(d.vrrps, name)
 	v.cancel()
-	v.in.Wait()
+	<-v.in.Resigned()
+	d.scripts.Go(v.in.Wait)
 }
 
 // view is the running configuration: routes and VRRP instances in the
@@ -843,6 +849,9 @@ func (d *daemon) stopLocked(ctx context.Context) {
 	// those accepted later from the listen backlog, rather than waiting
 	// out the drain timeout for them.
 	var released []netip.Addr
+	for _, v := range d.vrrps {
+		v.cancel() // every instance resigns at once
+	}
 	for name, v := range d.vrrps {
 		for _, p := range v.cfg.VirtualIPAddress {
 			released = append(released, p.Addr())
@@ -871,4 +880,5 @@ func (d *daemon) stopLocked(ctx context.Context) {
 		r.wg.Wait()
 	}
 	d.drains.Wait()
+	d.scripts.Wait()
 }

@@ -487,3 +487,72 @@ func TestHamrFailedStartTakesNoVIP(t *testing.T) {
 		t.Error("the VIP is on r1 after a failed start")
 	}
 }
+
+// TestHamrSlowNotifyScripts: notify scripts that take their time (here
+// 2 s each) hold neither a reload that restarts their instance nor the
+// stop: the reload is applied at once, and on SIGTERM the listener
+// closes at once, while the scripts still run to their end.
+func TestHamrSlowNotifyScripts(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	h := l.r1
+	const db = "127.0.0.1:9502"
+	h.listen(t, db, false) // a probe's session ends at once: no drain
+	marker := filepath.Join(l.dir, "notified")
+	script := filepath.Join(l.dir, "slow.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 2\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(prio int) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
+		b.WriteString("[health]\nlevel = \"tcp\"\n\n")
+		fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, prio)
+		fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\nnotify = %q\n\n", fast.advert, vipPrefix, script)
+		fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9501\nmode = \"read-write\"\ndestinations = [%q]\n", db)
+		path := filepath.Join(l.dir, "slow.toml")
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	path := write(100)
+	r := l.start("hamr", h, "hamr-slow", hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+	r.waitState("MASTER", startTimeout(fast))
+
+	write(110) // restarts the instance: notify STOP, then BACKUP, MASTER
+	start := time.Now()
+	r.signal(syscall.SIGHUP)
+	for !strings.Contains(r.log(), "configuration reloaded") {
+		if time.Since(start) > 1500*time.Millisecond {
+			t.Fatalf("reload not applied within 1.5s while notify scripts run:\n%s", r.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.waitState("MASTER", startTimeout(fast))
+
+	r.terminate()
+	closed := false
+	for deadline := time.Now().Add(1500 * time.Millisecond); !closed && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		err := h.do(func() error {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:9501", time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		closed = err != nil
+	}
+	if !closed {
+		t.Errorf("the listener still accepts 1.5s after SIGTERM: the stop waits for notify scripts")
+	}
+	if !r.waitExit(30 * time.Second) {
+		t.Fatal("hamr did not exit within 30s of SIGTERM")
+	}
+	got, _ := os.ReadFile(marker)
+	if !strings.Contains(string(got), "STOP") {
+		t.Errorf("notify STOP did not run to its end before hamr exited; ran: %q", got)
+	}
+}
