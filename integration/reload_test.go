@@ -173,6 +173,37 @@ func TestReload(t *testing.T) {
 			t.Errorf("%s = %v, want 1", kept, m[kept])
 		}
 	})
+
+	t.Run("replacing the rw route keeps its sticky primary", func(t *testing.T) {
+		// Any change but health replaces the route. Writes stay where
+		// they were, and the session there is not cut.
+		rw2 := rw
+		rw2.Extra = "max_connections = 999\n"
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw2, ro}})
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustPortVia(t, rwAddr); got != p1 {
+			t.Errorf("replaced rw route reaches %d, want its sticky primary %d", got, p1)
+		}
+		if got, err := open.port(ctx); err != nil || got != p1 {
+			t.Errorf("open session on the replaced rw route: port %d, %v; want it kept on %d", got, err, p1)
+		}
+		// The primary leaves the list: the route's sessions there are
+		// closed at once, not drained beside writes to the new primary.
+		rw3 := rw2
+		rw3.Dests = []string{topo.Addr(0), topo.Addr(2)}
+		h.writeConfig(hamrConfig{Routes: []routeConfig{rw3, ro}})
+		if _, err := h.ctl("reload"); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustPortVia(t, rwAddr); got != p0 {
+			t.Errorf("rw route without its old primary reaches %d, want %d", got, p0)
+		}
+		if got, err := open.port(ctx); err == nil {
+			t.Errorf("session on the old primary %d still answers (port %d) while writes go to %d", p1, got, p0)
+		}
+	})
 }
 
 func hasSeries(m map[string]float64, s string) bool {

@@ -226,6 +226,50 @@ func (r *Route) Reset() bool {
 	return moved
 }
 
+// Inherit takes over the state of prev, the route of the same name that
+// a reload replaced: each destination prev lists too keeps whether it is
+// up (and next-available's failed mark), and a primary-based route keeps
+// prev's primary when it lists it, so that a reload never moves writes
+// by itself. Destinations new here start up. Watchers are told if
+// anything changed.
+func (r *Route) Inherit(prev *Route) {
+	prev.mu.Lock()
+	up := make(map[string]bool, len(prev.dests))
+	burned := make(map[string]bool, len(prev.dests))
+	for i, a := range prev.dests {
+		up[a], burned[a] = prev.up[i], prev.burned[i]
+	}
+	primary := ""
+	if prev.primary >= 0 {
+		primary = prev.dests[prev.primary]
+	}
+	prev.mu.Unlock()
+
+	r.mu.Lock()
+	changed := false
+	for i, a := range r.dests {
+		if u, ok := up[a]; ok && u != r.up[i] {
+			r.up[i], changed = u, true
+		}
+		r.burned[i] = burned[a]
+	}
+	if r.hasPrimary() {
+		p := slices.Index(r.dests, primary)
+		if p < 0 || !r.up[p] {
+			p = r.firstUsable()
+		}
+		if p != r.primary {
+			r.setPrimary(p)
+			changed = true
+		}
+	}
+	ws := r.watchers
+	r.mu.Unlock()
+	if changed {
+		r.notify(ws)
+	}
+}
+
 // firstUsable returns the first destination in list order that may be the
 // primary, or -1. r.mu must be held.
 func (r *Route) firstUsable() int {

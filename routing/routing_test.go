@@ -313,3 +313,32 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+// TestInherit: a route that replaces another keeps the state of the
+// destinations both list, and the primary where it was.
+func TestInherit(t *testing.T) {
+	prev, _ := New("rw", FirstAvailable, []string{"a:1", "b:1", "c:1"}, nil)
+	prev.SetUp(0, false) // the primary moves to b
+	prev.SetUp(0, true)  // and stays there: sticky
+	prev.SetUp(2, false)
+	next, _ := New("rw", FirstAvailable, []string{"a:1", "b:1", "c:1", "d:1"}, nil)
+	calls := 0
+	next.Watch(func() { calls++ })
+	next.Inherit(prev)
+	if p := next.Primary(); p != 1 {
+		t.Errorf("primary after Inherit = %d, want 1 (b, sticky)", p)
+	}
+	st := next.State()
+	if !st[0].Up || !st[1].Up || st[2].Up || !st[3].Up {
+		t.Errorf("state after Inherit: %+v; want c down, the others up", st)
+	}
+	if calls != 1 {
+		t.Errorf("%d watcher calls, want 1", calls)
+	}
+	// The old primary not listed any more: the first usable one.
+	gone, _ := New("rw", FirstAvailable, []string{"c:1", "a:1"}, nil)
+	gone.Inherit(prev)
+	if p := gone.Primary(); p != 1 {
+		t.Errorf("primary when the old one is not listed = %d, want 1 (a; c is down)", p)
+	}
+}

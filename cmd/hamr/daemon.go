@@ -297,8 +297,12 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	}
 
 	// Stop what goes away first, so that a replaced route can bind its port.
+	prev := make(map[string]*route) // replaced routes, by name
 	for _, name := range slices.Sorted(maps.Keys(d.routes)) {
 		if !keep[name] {
+			if _, ok := want[name]; ok {
+				prev[name] = d.routes[name]
+			}
 			d.removeRoute(name)
 		}
 	}
@@ -323,7 +327,7 @@ func (d *daemon) apply(cfg *conf.Config) error {
 			}
 			continue
 		}
-		if err := d.addRoute(rc); err != nil {
+		if err := d.addRoute(rc, prev[rc.Name]); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -377,7 +381,10 @@ func boolInt(b bool) int {
 	return 0
 }
 
-func (d *daemon) addRoute(rc *conf.Route) error {
+// addRoute starts the route rc; prev is the route of that name a reload
+// replaced, or nil. A replacement keeps prev's view of the destinations
+// both list, its primary among them: a reload never moves writes.
+func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 	r := &route{name: rc.Name, readOnly: rc.Mode == conf.ModeReadOnly, dests: rc.Destinations, cfg: rc}
 	var fallback *routing.Route
 	if rc.Fallback != "" {
@@ -391,6 +398,9 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	rt, err := routing.New(rc.Name, routing.Strategy(rc.Strategy), rc.Destinations, fallback)
 	if err != nil {
 		return err
+	}
+	if prev != nil {
+		rt.Inherit(prev.rt)
 	}
 	r.rt, r.primary = rt, rt.Primary()
 	d.liveMu.Lock()
@@ -419,7 +429,14 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 		r.px.Shutdown(context.Background()) // lets go of its metric series; nothing runs
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
-	d.startChecks(r, rc, false)
+	var checked []string
+	if prev != nil {
+		checked = prev.dests // a replacement's checks go on from the state it inherited
+	}
+	d.startChecks(r, rc, checked)
+	if prev != nil && !r.readOnly {
+		d.closeOffPrimary(r)
+	}
 	d.routes[rc.Name] = r
 	d.publishPrimary(r)
 	d.log.Info("route started", "route", rc.Name, "bind", rc.Addr(), "mode", rc.Mode,
@@ -427,11 +444,12 @@ func (d *daemon) addRoute(rc *conf.Route) error {
 	return nil
 }
 
-// startChecks starts one health checker per destination of r. resume is
-// for checkers that replace others (a reload that changed only health
-// settings): they carry on from the route's state with its hysteresis,
-// rather than letting their first check decide.
-func (d *daemon) startChecks(r *route, rc *conf.Route, resume bool) {
+// startChecks starts one health checker per destination of r. The
+// destinations in resume have been checked before (a reload that changed
+// only health settings, or replaced the route): their checkers carry on
+// from the route's state with its hysteresis, rather than letting their
+// first check decide.
+func (d *daemon) startChecks(r *route, rc *conf.Route, resume []string) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	r.cancel = cancel
 	// New checkers start from what the route holds now: every destination
@@ -460,7 +478,7 @@ func (d *daemon) startChecks(r *route, rc *conf.Route, resume bool) {
 			Metrics:   d.hm,
 			Route:     rc.Name,
 			StartDown: !state[i].Up,
-			Resume:    resume,
+			Resume:    slices.Contains(resume, addr),
 			OnChange: func(up bool, _ health.Status) {
 				r.checkMu.Lock()
 				defer r.checkMu.Unlock()
@@ -497,7 +515,7 @@ func (d *daemon) restartChecks(r *route, rc *conf.Route) {
 	r.cancel()
 	r.wg.Wait()
 	r.cfg = rc
-	d.startChecks(r, rc, true)
+	d.startChecks(r, rc, rc.Destinations)
 	d.log.Info("route health settings changed", "route", rc.Name, "level", rc.Health.Level)
 }
 
@@ -574,6 +592,34 @@ func (d *daemon) repointFallback(r, fb *route) {
 	d.watchFallback(r, fb)
 	r.px.FallbackChanged()
 	d.log.Info("route kept; it falls back to the new route", "route", r.name, "fallback", fb.name)
+}
+
+// closeOffPrimary closes the draining sessions of the read-write routes
+// that r replaced (this reload's and earlier ones'), unless they are on
+// r's primary: a read-write route has open sessions to one destination
+// only, also across reloads (when its old primary left the list, say).
+func (d *daemon) closeOffPrimary(r *route) {
+	cur := ""
+	if p := r.rt.Primary(); p >= 0 {
+		cur = r.dests[p]
+	}
+	d.drainMu.Lock()
+	draining := slices.Clone(d.draining)
+	d.drainMu.Unlock()
+	for _, rv := range draining {
+		old := rv.r
+		if old.name != r.name || old.readOnly {
+			continue
+		}
+		p := old.rt.Primary()
+		if p < 0 || old.dests[p] == cur {
+			continue
+		}
+		if n := old.px.CloseSessions(); n > 0 {
+			d.log.Warn("route replaced: its draining sessions to the old primary closed", "route", r.name,
+				"old_primary", old.dests[p], "sessions", n)
+		}
+	}
 }
 
 // dropFallback leaves a kept route without a fallback: the route it fell
@@ -654,6 +700,7 @@ func (d *daemon) routeChanged(r *route) {
 		}
 		d.m.primaryMoves.WithLabelValues(r.name).Inc()
 		d.publishPrimary(r)
+		d.closeOffPrimary(r) // routes a reload replaced still drain to the old one
 	}
 	healthy := r.rt.Available()
 	for _, v := range d.view.Load().vrrps {
