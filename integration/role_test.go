@@ -87,6 +87,23 @@ func TestSplitBrain(t *testing.T) {
 	if got, err := open.port(ctx); err != nil || got != p0 {
 		t.Errorf("rw session opened before the split brain, after it: port %d, %v; want %d", got, err, p0)
 	}
+
+	// Another split brain, then a reload from role to login checks: with
+	// no role checks the gauge goes, rather than report 2 (and keep a
+	// split-brain alert firing) for ever.
+	if err := topo.Exec(ctx, 1, "SET GLOBAL read_only = OFF"); err != nil {
+		t.Fatal(err)
+	}
+	defer topo.Exec(ctx, 1, "SET GLOBAL read_only = ON")
+	h.waitMetric(2, 10*time.Second, writable, "route", "rw")
+	h.writeConfig(hamrConfig{Level: "login", Routes: []routeConfig{rw, ro}})
+	if _, err := h.ctl("reload"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, writable+" gone after the reload to login checks", func() (bool, error) {
+		m, err := h.metrics()
+		return err == nil && !hasSeries(m, series(writable, "route", "rw")), err
+	})
 }
 
 // TestReplicaBlip checks the read-only side of role checks with fall = 3:

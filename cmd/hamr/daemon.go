@@ -506,6 +506,13 @@ func (d *daemon) startChecks(r *route, rc *conf.Route, resume []string) {
 			defer r.wg.Done()
 			d.watchWriters(ctx, r, checkers, rc.Health.Interval)
 		}()
+	} else {
+		// No role checks (any more, after a reload): nothing to say about
+		// writable destinations, and no split brain to keep alerting on.
+		d.m.writable.DeleteLabelValues(rc.Name)
+		r.mu.Lock()
+		r.splitBrain = false
+		r.mu.Unlock()
 	}
 }
 
