@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -507,4 +508,37 @@ func hangingAddr(t testing.TB) string {
 	}
 	t.Cleanup(func() { c.Close() })
 	return addr
+}
+
+// TestReloadNewDrainTimeout: a reload that removes a route and shortens
+// drain_timeout drains that route for the new timeout, as it says.
+func TestReloadNewDrainTimeout(t *testing.T) {
+	dest, release := holdServer(t)
+	defer release()
+	ports := freePorts(t, 2)
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
+	gone := routeConfig{Name: "gone", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
+	cfg := hamrConfig{Level: "tcp", Drain: time.Minute, Routes: []routeConfig{rw, gone}}
+	h := startHamr(t, cfg)
+	c, err := net.DialTimeout("tcp", Addr(gone.Port), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
+		rs, err := h.route("gone")
+		return err == nil && rs.Sessions == 1, err
+	})
+	cfg.Routes, cfg.Drain = []routeConfig{rw}, time.Second
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	waitFor(t, 5*time.Second, "the removed route's drain to end after the new 1s", func() (bool, error) {
+		return h.logContains(`msg="route removed" route=gone`), nil
+	})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
+		t.Errorf("client of the removed route: read %d bytes, %v; want its session cut", n, err)
+	}
 }

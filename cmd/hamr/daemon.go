@@ -303,7 +303,7 @@ func (d *daemon) apply(cfg *conf.Config) error {
 			if _, ok := want[name]; ok {
 				prev[name] = d.routes[name]
 			}
-			d.removeRoute(name)
+			d.removeRoute(name, cfg.Global.DrainTimeout) // the new file's, as for everything it says
 		}
 	}
 	// Read-write routes first: read-only ones may fall back to them.
@@ -528,7 +528,7 @@ func (d *daemon) restartChecks(r *route, rc *conf.Route) {
 
 // removeRoute stops r's listener and checkers and lets its sessions drain
 // in the background, up to the drain timeout.
-func (d *daemon) removeRoute(name string) {
+func (d *daemon) removeRoute(name string, timeout time.Duration) {
 	r := d.routes[name]
 	delete(d.routes, name)
 	r.removed.Store(true)
@@ -540,7 +540,6 @@ func (d *daemon) removeRoute(name string) {
 	d.liveMu.Lock()
 	delete(d.live, name)
 	d.liveMu.Unlock()
-	timeout := d.cfg.Global.DrainTimeout
 	d.drains.Add(1)
 	rv := routeView{r: r, cfg: r.cfg}
 	d.drainMu.Lock()
