@@ -24,16 +24,18 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	admin := fs.String("admin", "", "admin endpoint `host:port` (instead of -c)")
 	token := fs.String("token", os.Getenv("HAMR_ADMIN_TOKEN"), "bearer `token` (default $HAMR_ADMIN_TOKEN, or from -c)")
 	asJSON := fs.Bool("json", false, "status: print the JSON document")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	rest := fs.Args()
-	// Allow flags after the verb too: `hamr ctl -c F status --json`.
-	if len(rest) > 1 {
-		if err := fs.Parse(rest[1:]); err != nil {
+	// Flags may come anywhere: `hamr ctl status --json`,
+	// `hamr ctl reset-primary rw --admin ADDR`.
+	var rest []string
+	for left := args; ; {
+		if err := fs.Parse(left); err != nil {
 			return 2
 		}
-		rest = append(rest[:1], fs.Args()...)
+		left = fs.Args()
+		if len(left) == 0 {
+			break
+		}
+		rest, left = append(rest, left[0]), left[1:]
 	}
 	if len(rest) == 0 {
 		fmt.Fprint(stderr, usage)

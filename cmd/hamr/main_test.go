@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -59,6 +61,16 @@ func TestUsage(t *testing.T) {
 	}
 	if code := run([]string{"ctl", "status"}, &out, &errb); code != 2 {
 		t.Fatalf("ctl without -c or --admin: exit %d, want 2", code)
+	}
+	// Flags after the verb's argument count too: this reaches the
+	// (empty) daemon, which has no route rw.
+	d := newDaemon(slog.New(slog.DiscardHandler), new(slog.LevelVar))
+	srv := httptest.NewServer(d.adminHandler(func() string { return "" }))
+	defer srv.Close()
+	errb.Reset()
+	code := run([]string{"ctl", "reset-primary", "rw", "--admin", strings.TrimPrefix(srv.URL, "http://")}, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "rw") {
+		t.Errorf("ctl reset-primary rw --admin ADDR: exit %d, stderr %q; want 1 and the daemon's answer about rw", code, errb.String())
 	}
 	out.Reset()
 	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "hamr ") {
