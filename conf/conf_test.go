@@ -657,6 +657,10 @@ func TestLoadAdmin(t *testing.T) {
 	if a, err := LoadAdmin(write("elsewhere.toml", elsewhere)); err != nil || a.Address != "127.0.0.1:9902" || a.Token != "t" {
 		t.Errorf("LoadAdmin with a syntax error in a route: %+v, %v; want the [admin] section", a, err)
 	}
+	dotted := "admin.address = \"127.0.0.1:9903\"\n\n[routing.rw]\nbind_address = 0.0.0.0\n"
+	if a, err := LoadAdmin(write("dotted.toml", dotted)); err != nil || a.Address != "127.0.0.1:9903" {
+		t.Errorf("LoadAdmin with admin.address as a dotted key and a syntax error elsewhere: %+v, %v; want 127.0.0.1:9903", a, err)
+	}
 	_, err = LoadAdmin(write("inside.toml", "[routing.rw]\nbind_port = 1\n\n[admin]\naddress = 127.0.0.1\n"))
 	if err == nil || !strings.Contains(err.Error(), ":5:") {
 		t.Errorf("LoadAdmin with a syntax error in [admin]: %v; want it reported at line 5", err)

@@ -63,18 +63,23 @@ func LoadAdmin(path string) (Admin, error) {
 	return c.Admin, nil
 }
 
-// adminOnly returns data with every line outside the [admin] table
-// blanked, so that line numbers stay those of the file.
+// adminOnly returns data with every line that does not set [admin]
+// blanked, so that line numbers stay those of the file: the [admin]
+// table, and top-level dotted keys (admin.address = …) before any table.
 func adminOnly(data []byte) []byte {
 	lines := strings.Split(string(data), "\n")
-	in := false
+	in, top := false, true
 	for i, l := range lines {
-		if t := strings.TrimSpace(l); strings.HasPrefix(t, "[") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "[") {
 			head, _, _ := strings.Cut(t, "#")
 			head = strings.TrimSpace(head)
 			in = strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(head, "["), "]")) == "admin" && !strings.HasPrefix(head, "[[")
+			top = false
 		}
-		if !in {
+		key, _, _ := strings.Cut(t, "=")
+		dotted := top && strings.HasPrefix(strings.TrimSpace(key), "admin.")
+		if !in && !dotted {
 			lines[i] = ""
 		}
 	}
