@@ -312,6 +312,7 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		return boolInt(a.Fallback != "") - boolInt(b.Fallback != "")
 	})
 	var errs []error
+	var added []*route
 	starting := d.cfg == nil
 	for _, rc := range order {
 		if r, ok := d.routes[rc.Name]; ok {
@@ -329,8 +330,14 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		}
 		if err := d.addRoute(rc, prev[rc.Name]); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		added = append(added, d.routes[rc.Name])
 	}
+	// VRRP tracks what the checks found, not a new route's optimistic
+	// "every destination up": a host whose database does not answer
+	// must not take the VIP in the meantime.
+	d.awaitFirstChecks(added)
 
 	wantV := make(map[string]*conf.VRRP, len(cfg.VRRP))
 	for _, vc := range cfg.VRRP {
@@ -598,6 +605,25 @@ func (d *daemon) repointFallback(r, fb *route) {
 	d.watchFallback(r, fb)
 	r.px.FallbackChanged()
 	d.log.Info("route kept; it falls back to the new route", "route", r.name, "fallback", fb.name)
+}
+
+// awaitFirstChecks waits until every destination of routes has had its
+// first health check, for at most the longest check timeout and a little.
+// d.mu must be held.
+func (d *daemon) awaitFirstChecks(routes []*route) {
+	var checkers []*health.Checker
+	wait := time.Duration(0)
+	for _, r := range routes {
+		r.mu.Lock()
+		checkers = append(checkers, r.checkers...)
+		r.mu.Unlock()
+		wait = max(wait, r.cfg.Health.Timeout)
+	}
+	for deadline := time.Now().Add(wait + 500*time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if !slices.ContainsFunc(checkers, func(c *health.Checker) bool { return c.Status().Checked.IsZero() }) {
+			return
+		}
+	}
 }
 
 // closeOffPrimary closes the draining sessions of the read-write routes

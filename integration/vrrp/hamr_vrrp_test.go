@@ -556,3 +556,24 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 		t.Errorf("notify STOP did not run to its end before hamr exited; ran: %q", got)
 	}
 }
+
+// TestHamrTrackUncheckedRoute: a tracked route whose only database does
+// not answer at all (its checks time out after 1 s, longer than the
+// master down interval of 100 ms adverts) keeps the instance from ever
+// becoming master: VRRP starts from what the first checks found, not from
+// a new route's "every destination up".
+func TestHamrTrackUncheckedRoute(t *testing.T) {
+	t.Parallel()
+	requireHamr(t)
+	l := newLab(t)
+	c := routerConf{advert: 100 * time.Millisecond, priority: 100, track: true, backend: "10.99.0.77:3306"} // no such host in the lab
+	r := l.router(kindHamr, l.r1, c)
+	r.waitState("FAULT", 10*time.Second)
+	time.Sleep(time.Second)
+	if log := r.log(); strings.Contains(log, "to=MASTER") {
+		t.Errorf("the instance became master before its tracked route's first check failed:\n%s", log)
+	}
+	if l.r1.hasVIP(t) {
+		t.Error("r1 holds the VIP while its tracked route's database does not answer")
+	}
+}
