@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/pprof"
 	"slices"
@@ -178,7 +179,12 @@ func (d *daemon) adminHandler(token func() string) http.Handler {
 	mux.HandleFunc("POST /routes/{route}/reset", reset) // DESIGN.md's short form
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.reload(); err != nil {
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "reload rejected", "problems": problems(err)})
+			msg := "reload rejected"
+			var part *partialReload
+			if errors.As(err, &part) {
+				msg = "reload applied, except for what failed to start"
+			}
+			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": msg, "problems": problems(err)})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "reloaded"})

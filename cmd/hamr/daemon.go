@@ -187,6 +187,14 @@ func (d *daemon) start(cfg *conf.Config) error {
 	return nil
 }
 
+// partialReload is a reload that passed its checks and was applied, but
+// for what still failed to start (a route's port taken in between, a
+// VRRP interface removed): the new configuration runs without those.
+type partialReload struct{ err error }
+
+func (e *partialReload) Error() string { return e.err.Error() }
+func (e *partialReload) Unwrap() error { return e.err }
+
 // errShuttingDown rejects a reload that comes while hamr stops.
 var errShuttingDown = errors.New("hamr is shutting down")
 
@@ -234,8 +242,8 @@ func (d *daemon) reload() error {
 	d.admin.commit(ac) // apply's errors are routes that failed; the rest, [admin] too, applies
 	if err != nil {
 		d.m.reloadFailures.Inc()
-		d.log.Error("reload failed", "err", err)
-		return err
+		d.log.Error("reload applied in part: what failed is not running", "err", err)
+		return &partialReload{err}
 	}
 	d.m.reloads.Inc()
 	d.log.Info("configuration reloaded", "file", cfg.File, "routes", len(cfg.Routes), "vrrp", len(cfg.VRRP))
