@@ -442,6 +442,10 @@ func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 		delete(d.live, rc.Name)
 		d.liveMu.Unlock()
 		r.px.Shutdown(context.Background()) // lets go of its metric series; nothing runs
+		r.removed.Store(true)               // its watchers must not speak for the name
+		if r.unwatch != nil {
+			r.unwatch()
+		}
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
 	var checked []string
