@@ -368,7 +368,7 @@ func TestReloadHealthKeepsHysteresis(t *testing.T) {
 func TestReloadFallbackReplaced(t *testing.T) {
 	ctx := context.Background()
 	topo := Start(t, Options{})
-	p1, p2 := topo.Servers[1].Port, topo.Servers[2].Port
+	p0, p1, p2 := topo.Servers[0].Port, topo.Servers[1].Port, topo.Servers[2].Port
 	ports := freePorts(t, 2)
 	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 	ro := routeConfig{Name: "ro", Port: ports[1], Mode: "read-only", Dests: []string{topo.Addr(1)}, Extra: `fallback = "rw"`}
@@ -384,7 +384,7 @@ func TestReloadFallbackReplaced(t *testing.T) {
 		t.Fatalf("session on ro: port %d, %v; want %d", got, err, p1)
 	}
 
-	cfg.Routes[0].Dests = []string{topo.Addr(2), topo.Addr(0)} // rw replaced, primary now server 2
+	cfg.Routes[0].Dests = []string{topo.Addr(2), topo.Addr(0)} // rw replaced; its primary stays server 0
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
@@ -400,13 +400,22 @@ func TestReloadFallbackReplaced(t *testing.T) {
 		t.Errorf("ro in /status: %+v, %v; want listening with its 1 session", rs, err)
 	}
 
-	// ro's own destination goes: reads fall back to the new rw's primary.
+	// ro's own destination goes: reads fall back to the new rw route's
+	// primary, server 0 (sticky across the replacement) while it is up,
+	// then server 2.
 	if err := topo.Kill(1); err != nil {
 		t.Fatal(err)
 	}
 	h.waitDest("ro", topo.Addr(1), false, 10*time.Second)
+	if got := mustPortVia(t, roAddr); got != p0 {
+		t.Errorf("ro with its replica down reaches %d, want the new rw route's primary %d", got, p0)
+	}
+	if err := topo.Kill(0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDest("rw", topo.Addr(0), false, 10*time.Second)
 	if got := mustPortVia(t, roAddr); got != p2 {
-		t.Errorf("ro with its replica down reaches %d, want the new rw primary %d", got, p2)
+		t.Errorf("ro with its replica and server 0 down reaches %d, want the new rw route's next primary %d", got, p2)
 	}
 }
 
@@ -444,7 +453,8 @@ func TestReloadWildcardBeside(t *testing.T) {
 // TestRemovedRouteStaysQuiet: a route that a reload replaced keeps
 // draining, and its state may still change (a dial of a client it was
 // connecting fails). That must not be published under the route's name,
-// which now belongs to the new route: no "primary moved", no move counted.
+// which now belongs to the new route: only the new route's own primary
+// move is logged and counted.
 func TestRemovedRouteStaysQuiet(t *testing.T) {
 	hang := hangingAddr(t)
 	b, release := holdServer(t)
@@ -458,7 +468,9 @@ func TestRemovedRouteStaysQuiet(t *testing.T) {
 	}
 	defer c.Close()
 
-	cfg.Routes[0].Dests = []string{b} // rw replaced; the old one drains with the client
+	// rw replaced; the new one keeps the primary (hang), and the old one
+	// drains with the client, whose dial goes on.
+	cfg.Routes[0].Extra = "max_connections = 99\n"
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
@@ -468,22 +480,27 @@ func TestRemovedRouteStaysQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The old route's dial to hang times out (connect_timeout 1s) and
-	// marks it down there, which moves that route's primary; its
-	// watchers have run by the time this line is logged.
+	// marks it down there, which moves that route's primary; the new
+	// route's checks of hang time out too, and move its own.
 	waitFor(t, 10*time.Second, "the old route's dial to time out", func() (bool, error) {
 		return h.logContains("dial failed; destination marked down"), nil
 	})
-	if after, err := h.metric("hamr_route_primary_moves_total", "route", "rw"); err != nil || after != before {
-		t.Errorf("hamr_route_primary_moves_total{route=rw} %v -> %v (%v): the replaced route's move was counted", before, after, err)
+	waitFor(t, 10*time.Second, "the new route's primary to move", func() (bool, error) {
+		return h.logContains(`"primary moved" route=rw`), nil
+	})
+	time.Sleep(200 * time.Millisecond) // any second publication would be out by now
+	if after, err := h.metric("hamr_route_primary_moves_total", "route", "rw"); err != nil || after != before+1 {
+		t.Errorf("hamr_route_primary_moves_total{route=rw} %v -> %v (%v): want the new route's one move only", before, after, err)
 	}
-	if h.logContains(`"primary moved" route=rw`) {
-		t.Errorf("the replaced route's move was logged for rw:\n%s", h.log.tail(10))
+	if n := strings.Count(h.log.String(), `"primary moved" route=rw`); n != 1 {
+		t.Errorf("%d \"primary moved\" lines for rw, want the new route's 1:\n%s", n, h.log.tail(20))
 	}
 }
 
-// hangingAddr returns the address of a listener whose accept queue is
-// full: the kernel drops further SYNs, so a connect to it neither
-// succeeds nor fails until it times out.
+// hangingAddr returns the address of a listener that never accepts, with
+// an accept queue of one: the first connect (hamr's first health check)
+// succeeds and fills it; the kernel drops the SYNs of every later one,
+// which neither succeeds nor fails until it times out.
 func hangingAddr(t testing.TB) string {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -501,13 +518,7 @@ func hangingAddr(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := Addr(sa.(*unix.SockaddrInet4).Port)
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second) // fills a queue of length 0
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return addr
+	return Addr(sa.(*unix.SockaddrInet4).Port)
 }
 
 // TestReloadNewDrainTimeout: a reload that removes a route and shortens
