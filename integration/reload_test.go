@@ -553,3 +553,54 @@ func TestReloadNewDrainTimeout(t *testing.T) {
 		t.Errorf("client of the removed route: read %d bytes, %v; want its session cut", n, err)
 	}
 }
+
+// TestReloadRemoveReAdd: a read-write route that one reload removes and
+// the next adds back starts again at its first destination, and the
+// removed route's sessions still draining to its sticky primary, another
+// server, are closed: writes never go to two servers.
+func TestReloadRemoveReAdd(t *testing.T) {
+	ctx := context.Background()
+	topo := Start(t, Options{})
+	rw, ro := rwRO(t, topo)
+	cfg := hamrConfig{Drain: time.Minute, Routes: []routeConfig{rw, ro}}
+	h := startHamr(t, cfg)
+	rwAddr := Addr(rw.Port)
+	p0, p1 := topo.Servers[0].Port, topo.Servers[1].Port
+	if err := topo.Kill(0); err != nil { // the primary moves to server 1, and stays
+		t.Fatal(err)
+	}
+	if got := mustPortVia(t, rwAddr); got != p1 {
+		t.Fatalf("after killing the primary rw reaches %d, want %d", got, p1)
+	}
+	if err := topo.Restart(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDest("rw", topo.Addr(0), true, 10*time.Second)
+	open, err := connect(ctx, rwAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Fatalf("session on rw: port %d, %v; want %d", got, err, p1)
+	}
+
+	ro.Extra = "" // no fallback while rw is gone
+	h.writeConfig(hamrConfig{Drain: time.Minute, Routes: []routeConfig{ro}})
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload without rw: %v\n%s", err, out)
+	}
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Fatalf("draining session: port %d, %v; want it still on %d", got, err, p1)
+	}
+	h.writeConfig(hamrConfig{Drain: time.Minute, Routes: []routeConfig{rw, ro}})
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload adding rw back: %v\n%s", err, out)
+	}
+	if got := mustPortVia(t, rwAddr); got != p0 {
+		t.Errorf("rw added back reaches %d, want its first destination %d", got, p0)
+	}
+	if got, err := open.port(ctx); err == nil {
+		t.Errorf("the removed route's session still answers on %d while writes go to %d", got, p0)
+	}
+}

@@ -29,6 +29,11 @@ type Options struct {
 	// leave from the VIP. It runs on the instance's goroutine: keep it
 	// short.
 	OnLeaveMaster func()
+	// NotifyAfter, if not nil, holds the instance's notify scripts until
+	// it is closed: give it the Done of the instance this one replaces
+	// (a reload restarted it), so that the scripts of both run one at a
+	// time, in the order of the transitions.
+	NotifyAfter <-chan struct{}
 }
 
 // Status is a snapshot of an instance, for /status and hamr ctl.
@@ -58,11 +63,12 @@ type Instance struct {
 	met  *Metrics
 	addr []netip.Addr // virtual addresses without prefix
 
-	kick     chan struct{} // capacity 1: tracked route health changed, or deaf
-	deaf     atomic.Bool   // the socket fails: see read
-	done     chan struct{} // closed when a started instance has stopped
-	resigned chan struct{} // closed once it has resigned; scripts may still run
-	onLeave  func()        // Options.OnLeaveMaster
+	kick     chan struct{}   // capacity 1: tracked route health changed, or deaf
+	deaf     atomic.Bool     // the socket fails: see read
+	done     chan struct{}   // closed when a started instance has stopped
+	resigned chan struct{}   // closed once it has resigned; scripts may still run
+	onLeave  func()          // Options.OnLeaveMaster
+	after    <-chan struct{} // Options.NotifyAfter
 
 	mu        sync.Mutex
 	ran       bool
@@ -93,6 +99,7 @@ func New(cfg *conf.VRRP, opts Options) (*Instance, error) {
 		done:      make(chan struct{}),
 		resigned:  make(chan struct{}),
 		onLeave:   opts.OnLeaveMaster,
+		after:     opts.NotifyAfter,
 		unhealthy: make(map[string]bool),
 	}
 	var vipStrings []string
@@ -289,6 +296,10 @@ func (i *Instance) Start(ctx context.Context) error {
 // scripts done, and at once after a failed Start.
 func (i *Instance) Wait() { <-i.done }
 
+// Done is closed when Wait would return: the instance has stopped and
+// its notify scripts are done.
+func (i *Instance) Done() <-chan struct{} { return i.done }
+
 // Resigned is closed once a cancelled instance has resigned (a master has
 // sent its priority-0 advert and removed its VIPs) and sends nothing
 // more, while its notify scripts (notify_stop, and any still queued) may
@@ -382,6 +393,7 @@ func (i *Instance) run(ctx context.Context, hs *host) {
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	notify := newNotifier(i.log, cfg.NotifyTimeout)
+	notify.after = i.after
 	wg.Go(func() { notify.run(context.WithoutCancel(ctx)) })
 	pkts := make(chan rawPacket, 16)
 	wg.Go(func() { i.read(bg, c.recv, pkts) })

@@ -27,6 +27,7 @@ type notifier struct {
 	closed   bool
 	wake     chan struct{}         // capacity 1
 	captures map[*capture]struct{} // output of scripts whose pipe is still open
+	after    <-chan struct{}       // if not nil, run waits for it before the first script
 	wg       sync.WaitGroup        // the captures' goroutines
 }
 
@@ -77,6 +78,9 @@ func (n *notifier) close() {
 // drained. Each script is bounded by the timeout; ctx should outlive the
 // instance's own cancellation so that notify_stop still runs.
 func (n *notifier) run(ctx context.Context) {
+	if n.after != nil {
+		<-n.after // the scripts of the instance this one replaces
+	}
 	for {
 		n.mu.Lock()
 		if len(n.queue) == 0 {

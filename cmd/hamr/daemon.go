@@ -118,7 +118,7 @@ func newDaemonMetrics(reg prometheus.Registerer) *daemonMetrics {
 		reloads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hamr_config_reloads_total", Help: "Configuration reloads that were applied."}),
 		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hamr_config_reload_failures_total", Help: "Configuration reloads rejected; the old configuration kept running."}),
+			Name: "hamr_config_reload_failures_total", Help: "Configuration reloads rejected (the old configuration kept running), or applied except for what failed to start."}),
 		primary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hamr_route_primary", Help: "1 for the current primary of a read-write route, 0 for its other destinations."},
 			[]string{"route", "destination"}),
@@ -308,10 +308,14 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	prev := make(map[string]*route) // replaced routes, by name
 	for _, name := range slices.Sorted(maps.Keys(d.routes)) {
 		if !keep[name] {
+			r, replaced := d.routes[name], false
 			if _, ok := want[name]; ok {
-				prev[name] = d.routes[name]
+				prev[name], replaced = r, true
 			}
 			d.removeRoute(name, cfg.Global.DrainTimeout) // the new file's, as for everything it says
+			if replaced {
+				r.wg.Wait() // its checkers are done: the state the successor inherits is final
+			}
 		}
 	}
 	// Read-write routes first: read-only ones may fall back to them.
@@ -342,17 +346,25 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		}
 		added = append(added, d.routes[rc.Name])
 	}
+	// The routes that run now answer /status, reset-primary and a VIP's
+	// release while the first checks are awaited.
+	d.publishView(cfg)
 	// VRRP tracks what the checks found, not a new route's optimistic
 	// "every destination up": a host whose database does not answer
-	// must not take the VIP in the meantime.
-	d.awaitFirstChecks(added)
+	// must not take the VIP in the meantime. A start that failed waits
+	// for nothing: it stops.
+	if !starting || len(errs) == 0 {
+		d.awaitFirstChecks(added)
+	}
 
 	wantV := make(map[string]*conf.VRRP, len(cfg.VRRP))
 	for _, vc := range cfg.VRRP {
 		wantV[vc.Name] = vc
 	}
+	stopped := make(map[string]*vip.Instance) // by name: a restart's scripts follow the old ones'
 	for name, v := range d.vrrps {
 		if vc, ok := wantV[name]; !ok || !reflect.DeepEqual(v.cfg, vc) {
+			stopped[name] = v.in
 			d.stopVRRP(name)
 		}
 	}
@@ -363,7 +375,11 @@ func (d *daemon) apply(cfg *conf.Config) error {
 		if starting && len(errs) > 0 {
 			break // hamr will not start: no VIP, no notify scripts
 		}
-		if err := d.startVRRP(vc); err != nil {
+		var after <-chan struct{}
+		if old := stopped[vc.Name]; old != nil {
+			after = old.Done()
+		}
+		if err := d.startVRRP(vc, after); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -373,7 +389,9 @@ func (d *daemon) apply(cfg *conf.Config) error {
 	for _, v := range d.vrrps {
 		for name := range v.cfg.TrackRoutes {
 			if r, ok := d.routes[name]; ok {
+				r.changeMu.Lock() // in order with routeChanged's publications
 				v.in.SetRouteHealthy(name, r.rt.Available())
+				r.changeMu.Unlock()
 			}
 		}
 	}
@@ -453,7 +471,9 @@ func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 		checked = prev.dests // a replacement's checks go on from the state it inherited
 	}
 	d.startChecks(r, rc, checked)
-	if prev != nil && !r.readOnly {
+	if !r.readOnly {
+		// Routes of this name still draining (replaced now, or removed
+		// by an earlier reload) keep no sessions beside the new primary.
 		d.closeOffPrimary(r)
 	}
 	d.routes[rc.Name] = r
@@ -802,8 +822,12 @@ func (d *daemon) watchWriters(ctx context.Context, r *route, checkers []*health.
 	}
 }
 
-func (d *daemon) startVRRP(vc *conf.VRRP) error {
-	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func() { d.releasedVIPs(vc) }})
+// startVRRP starts the instance vc. after, if not nil, is closed once the
+// instance of that name that this one replaces has run its last notify
+// script: the new one's scripts wait for it, so that they run in the
+// order of the transitions.
+func (d *daemon) startVRRP(vc *conf.VRRP, after <-chan struct{}) error {
+	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func() { d.releasedVIPs(vc) }, NotifyAfter: after})
 	if err != nil {
 		return privileges(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -489,7 +490,7 @@ func TestHamrFailedStartTakesNoVIP(t *testing.T) {
 }
 
 // TestHamrSlowNotifyScripts: notify scripts that take their time (here
-// 2 s each) hold neither a reload that restarts their instance nor the
+// 1 s each) hold neither a reload that restarts their instance nor the
 // stop: the reload is applied at once, and on SIGTERM the listener
 // closes at once, while the scripts still run to their end.
 func TestHamrSlowNotifyScripts(t *testing.T) {
@@ -501,7 +502,7 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 	h.listen(t, db, false) // a probe's session ends at once: no drain
 	marker := filepath.Join(l.dir, "notified")
 	script := filepath.Join(l.dir, "slow.sh")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 2\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 1\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	write := func(prio int) string {
@@ -526,8 +527,8 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 	start := time.Now()
 	r.signal(syscall.SIGHUP)
 	for !strings.Contains(r.log(), "configuration reloaded") {
-		if time.Since(start) > 1500*time.Millisecond {
-			t.Fatalf("reload not applied within 1.5s while notify scripts run:\n%s", r.log())
+		if time.Since(start) > 800*time.Millisecond {
+			t.Fatalf("reload not applied within 0.8s while notify scripts run:\n%s", r.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -535,7 +536,7 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 
 	r.terminate()
 	closed := false
-	for deadline := time.Now().Add(1500 * time.Millisecond); !closed && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(800 * time.Millisecond); !closed && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		err := h.do(func() error {
 			c, err := net.DialTimeout("tcp", "127.0.0.1:9501", time.Second)
 			if err == nil {
@@ -546,14 +547,23 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 		closed = err != nil
 	}
 	if !closed {
-		t.Errorf("the listener still accepts 1.5s after SIGTERM: the stop waits for notify scripts")
+		t.Errorf("the listener still accepts 0.8s after SIGTERM: the stop waits for notify scripts")
 	}
 	if !r.waitExit(30 * time.Second) {
 		t.Fatal("hamr did not exit within 30s of SIGTERM")
 	}
+	// Every script ran to its end, one at a time in the order of the
+	// transitions: the restarted instance's waited for the old one's.
 	got, _ := os.ReadFile(marker)
-	if !strings.Contains(string(got), "STOP") {
-		t.Errorf("notify STOP did not run to its end before hamr exited; ran: %q", got)
+	var states []string
+	for _, l := range strings.Split(strings.TrimSpace(string(got)), "\n") {
+		if f := strings.Fields(l); len(f) == 4 {
+			states = append(states, f[2]+"/"+f[3])
+		}
+	}
+	want := []string{"BACKUP/100", "MASTER/100", "STOP/100", "BACKUP/110", "MASTER/110", "STOP/110"}
+	if !slices.Equal(states, want) {
+		t.Errorf("notify ran %v, want %v", states, want)
 	}
 }
 
