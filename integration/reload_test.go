@@ -26,26 +26,7 @@ func TestReload(t *testing.T) {
 	rwAddr, roAddr := Addr(rw.Port), Addr(ro.Port)
 	p0, p1, p2 := topo.Servers[0].Port, topo.Servers[1].Port, topo.Servers[2].Port
 
-	// Make the rw primary sticky on server 1, away from the first choice.
-	if err := topo.Kill(0); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustPortVia(t, rwAddr); got != p1 {
-		t.Fatalf("after killing the primary rw reaches %d, want %d", got, p1)
-	}
-	if err := topo.Restart(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	h.waitDest("rw", topo.Addr(0), true, 10*time.Second)
-
-	open, err := connect(ctx, rwAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	if got, err := open.port(ctx); err != nil || got != p1 {
-		t.Fatalf("session on rw: port %d, %v; want %d", got, err, p1)
-	}
+	open := stickyOnSecond(t, topo, h, "rw", rwAddr)
 
 	t.Run("SIGHUP with a broken file keeps the old config", func(t *testing.T) {
 		text := cfg.TOML()
@@ -284,22 +265,7 @@ func TestReloadWhileStopping(t *testing.T) {
 // stop closes them at once, as it does the others', rather than after
 // drain_timeout.
 func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
-	dest, release := holdServer(t)
-	defer release()
-	ports := freePorts(t, 2)
-	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
-	gone := routeConfig{Name: "gone", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
-	cfg := hamrConfig{Level: "tcp", Drain: time.Minute, Routes: []routeConfig{rw, gone}}
-	h := startHamr(t, cfg)
-	c, err := net.DialTimeout("tcp", Addr(gone.Port), 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
-		rs, err := h.route("gone")
-		return err == nil && rs.Sessions == 1, err
-	})
+	h, cfg, rw, c := sessionOnGone(t)
 	cfg.Routes = []routeConfig{rw}
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
@@ -524,22 +490,7 @@ func hangingAddr(t testing.TB) string {
 // TestReloadNewDrainTimeout: a reload that removes a route and shortens
 // drain_timeout drains that route for the new timeout, as it says.
 func TestReloadNewDrainTimeout(t *testing.T) {
-	dest, release := holdServer(t)
-	defer release()
-	ports := freePorts(t, 2)
-	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
-	gone := routeConfig{Name: "gone", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
-	cfg := hamrConfig{Level: "tcp", Drain: time.Minute, Routes: []routeConfig{rw, gone}}
-	h := startHamr(t, cfg)
-	c, err := net.DialTimeout("tcp", Addr(gone.Port), 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
-		rs, err := h.route("gone")
-		return err == nil && rs.Sessions == 1, err
-	})
+	h, cfg, rw, c := sessionOnGone(t)
 	cfg.Routes, cfg.Drain = []routeConfig{rw}, time.Second
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
@@ -566,24 +517,7 @@ func TestReloadRemoveReAdd(t *testing.T) {
 	h := startHamr(t, cfg)
 	rwAddr := Addr(rw.Port)
 	p0, p1 := topo.Servers[0].Port, topo.Servers[1].Port
-	if err := topo.Kill(0); err != nil { // the primary moves to server 1, and stays
-		t.Fatal(err)
-	}
-	if got := mustPortVia(t, rwAddr); got != p1 {
-		t.Fatalf("after killing the primary rw reaches %d, want %d", got, p1)
-	}
-	if err := topo.Restart(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	h.waitDest("rw", topo.Addr(0), true, 10*time.Second)
-	open, err := connect(ctx, rwAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	if got, err := open.port(ctx); err != nil || got != p1 {
-		t.Fatalf("session on rw: port %d, %v; want %d", got, err, p1)
-	}
+	open := stickyOnSecond(t, topo, h, "rw", rwAddr)
 
 	ro.Extra = "" // no fallback while rw is gone
 	h.writeConfig(hamrConfig{Drain: time.Minute, Routes: []routeConfig{ro}})
@@ -603,4 +537,57 @@ func TestReloadRemoveReAdd(t *testing.T) {
 	if got, err := open.port(ctx); err == nil {
 		t.Errorf("the removed route's session still answers on %d while writes go to %d", got, p0)
 	}
+}
+
+// stickyOnSecond makes the primary of the read-write route at addr
+// sticky on server 1, away from the first choice: server 0 is killed,
+// then back and up, and the primary stays. It returns a session opened
+// there, closed at the end of the test.
+func stickyOnSecond(t *testing.T, topo *Topology, h *hamrProc, route, addr string) *session {
+	t.Helper()
+	ctx := context.Background()
+	p1 := topo.Servers[1].Port
+	if err := topo.Kill(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPortVia(t, addr); got != p1 {
+		t.Fatalf("after killing the primary %s reaches %d, want %d", route, got, p1)
+	}
+	if err := topo.Restart(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDest(route, topo.Addr(0), true, 10*time.Second)
+	open, err := connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { open.Close() })
+	if got, err := open.port(ctx); err != nil || got != p1 {
+		t.Fatalf("session on %s: port %d, %v; want %d", route, got, err, p1)
+	}
+	return open
+}
+
+// sessionOnGone starts hamr with two read-write routes, rw and gone, to a
+// destination that holds every connection (drain_timeout 1 min), and opens
+// one session through gone, closed at the end of the test.
+func sessionOnGone(t *testing.T) (*hamrProc, hamrConfig, routeConfig, net.Conn) {
+	t.Helper()
+	dest, release := holdServer(t)
+	t.Cleanup(release)
+	ports := freePorts(t, 2)
+	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
+	gone := routeConfig{Name: "gone", Port: ports[1], Mode: "read-write", Dests: []string{dest}}
+	cfg := hamrConfig{Level: "tcp", Drain: time.Minute, Routes: []routeConfig{rw, gone}}
+	h := startHamr(t, cfg)
+	c, err := net.DialTimeout("tcp", Addr(gone.Port), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	waitFor(t, 5*time.Second, "the session to reach the destination", func() (bool, error) {
+		rs, err := h.route("gone")
+		return err == nil && rs.Sessions == 1, err
+	})
+	return h, cfg, rw, c
 }

@@ -29,16 +29,7 @@ func TestEMFILEChild(t *testing.T) {
 	if be == "" {
 		return
 	}
-	rt, err := routing.New("emfile", routing.FirstAvailable, []string{be}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(Config{Name: "emfile", Addr: "127.0.0.1:0", ConnectTimeout: 5 * time.Second, MaxConnections: 1000},
-		rt, Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, nil))})
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fmt.Printf("\naddr %s\n", p.Addr())
+	p, rt := startChild(t, be)
 	in := bufio.NewReader(os.Stdin)
 	if line, _ := in.ReadString('\n'); line != "fill\n" {
 		t.Fatalf("parent said %q", line)
@@ -63,6 +54,22 @@ func TestEMFILEChild(t *testing.T) {
 	if !rt.Available() {
 		t.Error("destination marked down because this host ran out of file descriptors")
 	}
+}
+
+// startChild starts the proxy of a child process: a route to be that logs
+// to stdout, where the parent reads its address.
+func startChild(t *testing.T, be string) (*Route, *routing.Route) {
+	rt, err := routing.New("emfile", routing.FirstAvailable, []string{be}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Name: "emfile", Addr: "127.0.0.1:0", ConnectTimeout: 5 * time.Second, MaxConnections: 1000},
+		rt, Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, nil))})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("\naddr %s\n", p.Addr())
+	return p, rt
 }
 
 // fillDescriptors lowers RLIMIT_NOFILE to just above the highest open
@@ -245,16 +252,7 @@ func TestOneFreeChild(t *testing.T) {
 	if be == "" {
 		return
 	}
-	rt, err := routing.New("emfile", routing.FirstAvailable, []string{be}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(Config{Name: "emfile", Addr: "127.0.0.1:0", ConnectTimeout: 5 * time.Second, MaxConnections: 1000},
-		rt, Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, nil))})
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fmt.Printf("\naddr %s\n", p.Addr())
+	p, _ := startChild(t, be)
 	in := bufio.NewReader(os.Stdin)
 	in.ReadString('\n')
 	filler, err := fillDescriptors()
