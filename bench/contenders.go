@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -122,10 +123,15 @@ func startHamr(bin, dir string, routes []route) (*proxy, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
-	port, err := freePort()
+	// One more port than routes: the admin endpoint's, distinct from
+	// theirs (picked earlier, and free again now).
+	ports, err := freePorts(len(routes) + 1)
 	if err != nil {
 		return nil, err
 	}
+	port := slices.DeleteFunc(ports, func(p int) bool {
+		return slices.ContainsFunc(routes, func(r route) bool { return r.port == p })
+	})[0]
 	admin := "127.0.0.1:" + strconv.Itoa(port)
 	file := filepath.Join(dir, "hamr.toml")
 	if err := os.WriteFile(file, []byte(hamrConfig(admin, routes)), 0o644); err != nil {
@@ -267,13 +273,13 @@ func startHAProxy(dir string, routes []route) (*proxy, error) {
 // startProxy starts a contender of the given kind for routes, picking free
 // listen ports for routes that have none.
 func startProxy(kind, hamrBin, dir string, routes []route) (*proxy, error) {
+	ports, err := freePorts(len(routes))
+	if err != nil {
+		return nil, err
+	}
 	for i := range routes {
 		if routes[i].port == 0 {
-			p, err := freePort()
-			if err != nil {
-				return nil, err
-			}
-			routes[i].port = p
+			routes[i].port = ports[i]
 		}
 	}
 	switch kind {
