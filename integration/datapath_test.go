@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -106,10 +107,38 @@ func TestDataPath(t *testing.T) {
 // and from the mariadb command-line client, on the first connection
 // (found by dialing) and once the health checks have marked them down.
 func TestNoDestination(t *testing.T) {
-	dead := freePorts(t, 3) // nothing listens on these
-	r := routeConfig{Name: "orders", Port: dead[0], Mode: "read-write",
-		Dests: []string{Addr(dead[1]), Addr(dead[2])}}
-	h := startHamr(t, hamrConfig{Level: "tcp", Routes: []routeConfig{r}})
+	// Both destinations pass their first check, then go away: the first
+	// client finds them gone by dialing, before any check does (the next
+	// one is 30 s away).
+	var lns []net.Listener
+	var dests []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		lns = append(lns, ln)
+		dests = append(dests, ln.Addr().String())
+	}
+	r := routeConfig{Name: "orders", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: dests}
+	h := startHamr(t, hamrConfig{Level: "tcp", Interval: 30 * time.Second, Routes: []routeConfig{r}})
+	for _, d := range dests {
+		if up, err := h.destUp(r.Name, d); err != nil || !up {
+			t.Fatalf("%s before the first connection: up %v (%v); want up", d, up, err)
+		}
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
 	want := "hamr: no destination available for route orders"
 
 	check := func(when string) {
@@ -130,10 +159,13 @@ func TestNoDestination(t *testing.T) {
 		}
 	}
 	check("first connection")
+	if n := strings.Count(h.log.String(), "dial failed; destination marked down"); n != 2 {
+		t.Errorf("%d destinations marked down by the first connection's dials, want 2:\n%s", n, h.log.tail(10))
+	}
 	for _, d := range r.Dests {
 		h.waitDest(r.Name, d, false, 5*time.Second)
 	}
-	check("after health checks")
+	check("once marked down")
 	if out, err := h.ctl("status"); err != nil || !strings.Contains(out, "down") {
 		t.Errorf("hamr ctl status (err %v) does not show the destinations down:\n%s", err, out)
 	}

@@ -290,16 +290,16 @@ func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
 		t.Fatalf("hamr still running 10s after the second signal (drain_timeout %v):\n%s", cfg.Drain, h.log.tail(10))
 	}
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
 		t.Errorf("the removed route's session after the stop: read %d bytes, %v; want it closed", n, err)
 	}
 }
 
 // TestReloadHealthKeepsHysteresis: a reload that changes only a route's
-// health settings keeps its destinations' state and their rise count. A
-// destination that was down and answers again comes back after rise good
-// checks, as it would have without the reload, not at the first check of
-// the new checkers.
+// health settings keeps its destinations' state, and their hysteresis
+// applies from there: a destination that was down and answers again comes
+// back after rise good checks of the new checkers, not at their first
+// (the good checks counted before the reload start again from zero).
 func TestReloadHealthKeepsHysteresis(t *testing.T) {
 	b, release := holdServer(t)
 	defer release()
@@ -495,6 +495,9 @@ func TestReloadNewDrainTimeout(t *testing.T) {
 	h.writeConfig(cfg)
 	if out, err := h.ctl("reload"); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if rs, err := h.route("gone"); err != nil || !rs.Draining || rs.Sessions != 1 {
+		t.Fatalf("removed route right after the reload: %+v, %v; want it draining its 1 session", rs, err)
 	}
 	waitFor(t, 5*time.Second, "the removed route's drain to end after the new 1s", func() (bool, error) {
 		return h.logContains(`msg="route removed" route=gone`), nil

@@ -362,7 +362,7 @@ func TestReadWriteOneDestination(t *testing.T) {
 	rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
 	p := startRoute(t, Config{ReadWrite: true}, rt, Options{})
 
-	var bad atomic.Int32
+	var bad, stale atomic.Int32
 	check := func() {
 		n := 0
 		for _, s := range p.Sessions() {
@@ -410,6 +410,11 @@ flip:
 		down := flips % 2
 		rt.SetUp(down, false)
 		check()
+		// Sessions only on the current primary: none is left, nor kept
+		// from a dial that began before the move, on the one just down.
+		if p.Sessions()[down] > 0 {
+			stale.Add(1)
+		}
 		rt.SetUp(down, true)
 		check()
 	}
@@ -420,6 +425,9 @@ flip:
 	}
 	if n := bad.Load(); n > 0 {
 		t.Fatalf("saw sessions to two destinations %d times", n)
+	}
+	if n := stale.Load(); n > 0 {
+		t.Fatalf("saw sessions on a destination just marked down %d times", n)
 	}
 }
 

@@ -239,9 +239,10 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-// TestConcurrentPicks checks that concurrent picks and state changes never
-// return a destination that is not up at the moment of the pick under
-// first-available's sticky rule, and that round-robin spreads evenly.
+// TestConcurrentPicks checks that round-robin spreads evenly under
+// concurrent picks, and that concurrent picks and state changes leave a
+// first-available route with a primary that is up (for the race
+// detector, too: every access to the state is under the lock).
 func TestConcurrentPicks(t *testing.T) {
 	r, _ := New("ro", RoundRobin, dests, nil)
 	const workers, each = 8, 300
@@ -335,6 +336,21 @@ func TestInherit(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("%d watcher calls, want 1", calls)
 	}
+	// next-available keeps its failed marks: a destination that failed
+	// before the reload is not taken again after the next failure.
+	nprev, _ := New("rw", NextAvailable, []string{"a:1", "b:1", "c:1"}, nil)
+	nprev.SetUp(0, false) // a fails: b is primary, a burned
+	nprev.SetUp(0, true)
+	nnext, _ := New("rw", NextAvailable, []string{"a:1", "b:1", "c:1"}, nil)
+	nnext.Inherit(nprev)
+	if st := nnext.State(); !st[0].Burned || !st[1].Primary {
+		t.Errorf("next-available after Inherit: %+v; want a burned, b primary", st)
+	}
+	nnext.SetUp(1, false) // b fails: c, not a
+	if p := nnext.Primary(); p != 2 {
+		t.Errorf("next-available primary after b failed = %d, want 2 (c; a failed before the reload)", p)
+	}
+
 	// The old primary not listed any more: the first usable one.
 	gone, _ := New("rw", FirstAvailable, []string{"c:1", "a:1"}, nil)
 	gone.Inherit(prev)

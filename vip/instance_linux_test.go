@@ -37,6 +37,9 @@ type lab struct {
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (network namespaces, raw sockets); CI runs as root")
+		}
 		t.Skip("needs root (network namespaces, raw sockets)")
 	}
 }

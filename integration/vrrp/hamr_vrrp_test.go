@@ -490,7 +490,7 @@ func TestHamrFailedStartTakesNoVIP(t *testing.T) {
 }
 
 // TestHamrSlowNotifyScripts: notify scripts that take their time (here
-// 1 s each) hold neither a reload that restarts their instance nor the
+// 1.5 s each) hold neither a reload that restarts their instance nor the
 // stop: the reload is applied at once, and on SIGTERM the listener
 // closes at once, while the scripts still run to their end.
 func TestHamrSlowNotifyScripts(t *testing.T) {
@@ -502,7 +502,7 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 	h.listen(t, db, false) // a probe's session ends at once: no drain
 	marker := filepath.Join(l.dir, "notified")
 	script := filepath.Join(l.dir, "slow.sh")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 1\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 1.5\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	write := func(prio int) string {
@@ -527,8 +527,8 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 	start := time.Now()
 	r.signal(syscall.SIGHUP)
 	for !strings.Contains(r.log(), "configuration reloaded") {
-		if time.Since(start) > 800*time.Millisecond {
-			t.Fatalf("reload not applied within 0.8s while notify scripts run:\n%s", r.log())
+		if time.Since(start) > 1200*time.Millisecond {
+			t.Fatalf("reload not applied within 1.2s while notify scripts run:\n%s", r.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -536,7 +536,7 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 
 	r.terminate()
 	closed := false
-	for deadline := time.Now().Add(800 * time.Millisecond); !closed && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(1200 * time.Millisecond); !closed && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		err := h.do(func() error {
 			c, err := net.DialTimeout("tcp", "127.0.0.1:9501", time.Second)
 			if err == nil {
@@ -547,7 +547,7 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 		closed = err != nil
 	}
 	if !closed {
-		t.Errorf("the listener still accepts 0.8s after SIGTERM: the stop waits for notify scripts")
+		t.Errorf("the listener still accepts 1.2s after SIGTERM: the stop waits for notify scripts")
 	}
 	if !r.waitExit(30 * time.Second) {
 		t.Fatal("hamr did not exit within 30s of SIGTERM")
