@@ -390,6 +390,21 @@ func (l *loop) pause(sl *lnSlot, d time.Duration) {
 	sl.until = int64(time.Since(l.start)) + int64(d)
 }
 
+// pauseAtLeast takes ln out of the loop's epoll for d, or keeps it out
+// that long if it is paused already.
+func (l *loop) pauseAtLeast(ln *listener, d time.Duration) {
+	for _, sl := range l.lns {
+		if sl.ln != ln {
+			continue
+		}
+		if !sl.paused {
+			l.pause(sl, d)
+		} else {
+			sl.until = max(sl.until, int64(time.Since(l.start))+int64(d))
+		}
+	}
+}
+
 // removeListener stops accepting on ln. The caller closes it once every
 // loop has let go.
 func (l *loop) removeListener(ln *listener) {

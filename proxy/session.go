@@ -234,9 +234,16 @@ func (l *loop) refuseNoDest(s *session, err error) {
 func (l *loop) refuseLocal(s *session, err error) {
 	r := l.r
 	r.refusedLocal.Inc()
+	// Every loop stops accepting, not only this one: the others share the
+	// listener, and would otherwise take the backlog at their own pace.
 	for _, sl := range l.lns {
-		if !sl.paused {
-			l.pause(sl, sl.ln.failed(r, err))
+		d, ln := sl.ln.failed(r, err), sl.ln
+		for _, o := range r.loops {
+			if o == l {
+				l.pauseAtLeast(ln, d)
+			} else {
+				o.post(func(o *loop) { o.pauseAtLeast(ln, d) })
+			}
 		}
 	}
 	if r.log.Enabled(r.ctx, slog.LevelDebug) {
