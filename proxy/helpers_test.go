@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hamr-project/hamr/routing"
+	"golang.org/x/sys/unix"
 )
 
 // backend is a TCP server on 127.0.0.1 that runs handle for each
@@ -87,13 +89,22 @@ func named(name string) func(net.Conn) {
 // refusedAddr returns a 127.0.0.1 address nobody listens on.
 func refusedAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Bound, never listening: a connect is refused, and the port stays
+	// ours until the test ends, so that no parallel test can listen on
+	// it or pick it as a connection's source port.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := ln.Addr().String()
-	ln.Close()
-	return a
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }
 
 func newRouting(t testing.TB, s routing.Strategy, dests ...string) *routing.Route {
