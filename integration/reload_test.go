@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/hamr-project/hamr/internal/loopback"
 )
 
 // TestReload checks configuration reloads: a broken file keeps the old
@@ -422,7 +422,7 @@ func TestReloadWildcardBeside(t *testing.T) {
 // which now belongs to the new route: only the new route's own primary
 // move is logged and counted.
 func TestRemovedRouteStaysQuiet(t *testing.T) {
-	hang := hangingAddr(t)
+	hang := loopback.Hanging(t, 1)
 	b, release := holdServer(t)
 	defer release()
 	rw := routeConfig{Name: "rw", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{hang, b}}
@@ -461,30 +461,6 @@ func TestRemovedRouteStaysQuiet(t *testing.T) {
 	if n := strings.Count(h.log.String(), `"primary moved" route=rw`); n != 1 {
 		t.Errorf("%d \"primary moved\" lines for rw, want the new route's 1:\n%s", n, h.log.tail(20))
 	}
-}
-
-// hangingAddr returns the address of a listener that never accepts, with
-// an accept queue of one: the first connect (hamr's first health check)
-// succeeds and fills it; the kernel drops the SYNs of every later one,
-// which neither succeeds nor fails until it times out.
-func hangingAddr(t testing.TB) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return Addr(sa.(*unix.SockaddrInet4).Port)
 }
 
 // TestReloadNewDrainTimeout: a reload that removes a route and shortens

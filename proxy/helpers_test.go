@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/hamr-project/hamr/routing"
-	"golang.org/x/sys/unix"
 )
 
 // backend is a TCP server on 127.0.0.1 that runs handle for each
@@ -84,27 +82,6 @@ func named(name string) func(net.Conn) {
 		}
 		echo(c)
 	}
-}
-
-// refusedAddr returns a 127.0.0.1 address nobody listens on.
-func refusedAddr(t testing.TB) string {
-	t.Helper()
-	// Bound, never listening: a connect is refused, and the port stays
-	// ours until the test ends, so that no parallel test can listen on
-	// it or pick it as a connection's source port.
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }
 
 func newRouting(t testing.TB, s routing.Strategy, dests ...string) *routing.Route {

@@ -14,6 +14,7 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/server"
 	"github.com/go-sql-driver/mysql"
+	"github.com/hamr-project/hamr/internal/loopback"
 	"github.com/hamr-project/hamr/routing"
 )
 
@@ -110,7 +111,7 @@ func wantMySQLError(t *testing.T, addr string, num uint16, msg string) {
 
 func TestMySQLClientFailover(t *testing.T) {
 	be := newMySQLBackend(t)
-	rt := newRouting(t, routing.FirstAvailable, refusedAddr(t), be.addr())
+	rt := newRouting(t, routing.FirstAvailable, loopback.Refused(t), be.addr())
 	p := startRoute(t, Config{Name: "rw", ReadWrite: true}, rt, Options{})
 	db, err := mysqlConnect(t, p.Addr())
 	defer db.Close()
@@ -129,7 +130,7 @@ func TestMySQLClientFailover(t *testing.T) {
 func TestNoDestinationError(t *testing.T) {
 	const msg = "hamr: no destination available for route rw"
 	t.Run("all dials fail", func(t *testing.T) {
-		rt := newRouting(t, routing.FirstAvailable, refusedAddr(t), refusedAddr(t))
+		rt := newRouting(t, routing.FirstAvailable, loopback.Refused(t), loopback.Refused(t))
 		p := startRoute(t, Config{Name: "rw", ReadWrite: true}, rt, Options{})
 		wantMySQLError(t, p.Addr(), 1105, msg)
 		if rt.Available() {

@@ -19,10 +19,10 @@ import (
 	"time"
 	"weak"
 
+	"github.com/hamr-project/hamr/internal/loopback"
 	"github.com/hamr-project/hamr/routing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"golang.org/x/sys/unix"
 )
 
 func TestStartRejectsBadConfig(t *testing.T) {
@@ -469,7 +469,7 @@ func TestReadOnlyRotation(t *testing.T) {
 func TestReadOnlyFallback(t *testing.T) {
 	primary := newBackend(t, named("primary"))
 	rw := newRouting(t, routing.FirstAvailable, primary.addr())
-	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, rw)
+	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{loopback.Refused(t)}, rw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +493,7 @@ func TestReadOnlyFallback(t *testing.T) {
 func fallenBack(t *testing.T, opts Options) (rt *routing.Route, p *Route, c net.Conn, old, replica string) {
 	t.Helper()
 	oldPrimary := newBackend(t, named("old"))
-	replica = refusedAddr(t)
+	replica = loopback.Refused(t)
 	rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{replica}, newRouting(t, routing.FirstAvailable, oldPrimary.addr()))
 	if err != nil {
 		t.Fatal(err)
@@ -525,7 +525,7 @@ func TestFallbackChanged(t *testing.T) {
 		t.Fatalf("new client reached %q (%v), want new", name, err)
 	}
 	// A second change: the sessions of both earlier fallbacks still count.
-	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, refusedAddr(t))); err != nil {
+	if err := rt.SetFallback(newRouting(t, routing.FirstAvailable, loopback.Refused(t))); err != nil {
 		t.Fatal(err)
 	}
 	p.FallbackChanged()
@@ -652,10 +652,10 @@ func seriesDests(t *testing.T, reg *prometheus.Registry) []string {
 // its fallback route lives on (a reload replaced only the read-only
 // route) is not kept alive by the fallback's watchers.
 func TestShutdownForgetsFallback(t *testing.T) {
-	rw := newRouting(t, routing.FirstAvailable, refusedAddr(t))
+	rw := newRouting(t, routing.FirstAvailable, loopback.Refused(t))
 	var gone []weak.Pointer[Route]
 	for range 3 {
-		rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{refusedAddr(t)}, rw)
+		rt, err := routing.New("ro", routing.RoundRobinWithFallback, []string{loopback.Refused(t)}, rw)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -948,7 +948,7 @@ func TestCloseSessionsDuringDial(t *testing.T) {
 // closed by CloseSessions at once, not when connect_timeout ends the
 // dial, and the destination is not marked down for a dial given up.
 func TestCloseSessionsDuringLoopDial(t *testing.T) {
-	hang := hangingAddr(t)
+	hang := loopback.Hanging(t, 0)
 	be := newBackend(t, named("b"))
 	rt := newRouting(t, routing.FirstAvailable, hang, be.addr())
 	p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: time.Minute}, rt, Options{})
@@ -995,41 +995,11 @@ func waitSynSent(t *testing.T, addr string, n int) {
 	t.Fatalf("%d sockets connecting to %s, want %d", got, addr, n)
 }
 
-// hangingAddr returns the address of a listener whose accept queue is
-// full: the kernel drops further SYNs, so a connect to it neither
-// succeeds nor fails until it times out.
-func hangingAddr(t testing.TB) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := sockaddrString(sa)
-	// One connection fills a queue of length 0; it is never accepted.
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return addr
-}
-
 // TestFailoverOnConnectTimeout checks the loops' own dial: a destination
 // that does not answer the SYN is given connect_timeout, then marked
 // down, and the client is served by the next one.
 func TestFailoverOnConnectTimeout(t *testing.T) {
-	hang := hangingAddr(t)
+	hang := loopback.Hanging(t, 0)
 	be := newBackend(t, named("b"))
 	rt := newRouting(t, routing.FirstAvailable, hang, be.addr())
 	m := NewMetrics(prometheus.NewRegistry())
