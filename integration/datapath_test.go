@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -110,24 +109,11 @@ func TestNoDestination(t *testing.T) {
 	// Both destinations pass their first check, then go away: the first
 	// client finds them gone by dialing, before any check does (the next
 	// one is 30 s away).
-	var lns []net.Listener
 	var dests []string
+	var stops []func()
 	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-		lns = append(lns, ln)
-		dests = append(dests, ln.Addr().String())
+		addr, stop := closingServer(t, "127.0.0.1:0")
+		dests, stops = append(dests, addr), append(stops, stop)
 	}
 	r := routeConfig{Name: "orders", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: dests}
 	h := startHamr(t, hamrConfig{Level: "tcp", Interval: 30 * time.Second, Routes: []routeConfig{r}})
@@ -136,8 +122,8 @@ func TestNoDestination(t *testing.T) {
 			t.Fatalf("%s before the first connection: up %v (%v); want up", d, up, err)
 		}
 	}
-	for _, ln := range lns {
-		ln.Close()
+	for _, stop := range stops {
+		stop()
 	}
 	want := "hamr: no destination available for route orders"
 

@@ -588,9 +588,10 @@ func mysqlError(t testing.TB, err error) *mysql.MySQLError {
 	return me
 }
 
-// closingServer listens on addr and closes every connection it accepts,
-// enough for tcp health checks, until the test ends.
-func closingServer(t testing.TB, addr string) {
+// closingServer listens on addr (127.0.0.1:0 picks a port) and closes
+// every connection it accepts, enough for tcp health checks, until stop
+// or the end of the test. It returns the address it listens on.
+func closingServer(t testing.TB, addr string) (string, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -607,7 +608,10 @@ func closingServer(t testing.TB, addr string) {
 			c.Close()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { ln.Close(); <-done }) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
 }
 
 // holdServer listens on 127.0.0.1 and keeps every connection open, so
