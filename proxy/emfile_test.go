@@ -116,46 +116,8 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 	if os.Getenv(childEnv) != "" {
 		return
 	}
-	be := newBackend(t, echo)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestEMFILEChild$")
-	cmd.Env = append(os.Environ(), childEnv+"="+be.addr())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	defer func() {
-		if !waited {
-			cmd.Process.Kill() // our own child, by PID
-			cmd.Wait()
-		}
-	}()
-	// A child that never prints what the test waits for would block the
-	// scanner for ever: kill it, which ends its output.
-	hang := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
-	defer hang.Stop()
-	sc := bufio.NewScanner(stdout)
-	// waitFor reads the child's output up to a line holding s and
-	// returns what follows s.
-	waitFor := func(s string) string {
-		for sc.Scan() {
-			out.WriteString(sc.Text() + "\n")
-			if _, rest, ok := strings.Cut(sc.Text(), s); ok {
-				return rest
-			}
-		}
-		t.Fatalf("child output ended before %q:\n%s", s, out.String())
-		return ""
-	}
-	addr := waitFor("addr ")
+	ch := startChildProxy(t, "TestEMFILEChild", childEnv, newBackend(t, echo).addr())
+	addr := ch.waitFor("addr ")
 
 	const clients = 12
 	pending := make([]net.Conn, clients)
@@ -172,25 +134,19 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 	open(0)
 	pending[0].SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(pending[0], make([]byte, 1)); err != nil {
-		t.Fatalf("first client not served: %v\n%s", err, out.String())
+		t.Fatalf("first client not served: %v\n%s", err, ch.out.String())
 	}
 	pending[0].SetReadDeadline(time.Time{})
-	io.WriteString(stdin, "fill\n")
-	waitFor("full ")
+	ch.say("fill")
+	ch.waitFor("full ")
 	for i := 1; i < clients; i++ {
 		open(i) // the kernel completes the handshake; accept(2) fails
 	}
-	waitFor("accept failed")
+	ch.waitFor("accept failed")
 	pending[0].Close()
 	pending[0] = nil
 	served := 1
-	logs := make(chan string)
-	go func() {
-		for sc.Scan() {
-			out.WriteString(sc.Text() + "\n")
-		}
-		logs <- out.String()
-	}()
+	logs := ch.rest()
 
 	refused := 0
 	for deadline := time.Now().Add(20 * time.Second); served < clients && time.Now().Before(deadline); {
@@ -225,10 +181,7 @@ func TestAcceptSurvivesRealEMFILE(t *testing.T) {
 			c.Close()
 		}
 	}
-	stdin.Close()
-	err = cmd.Wait()
-	waited = true
-	log := <-logs
+	log, err := ch.end(logs)
 	if served != clients {
 		t.Fatalf("%d of %d clients served (%d refused and back); child output:\n%s", served, clients, refused, log)
 	}
@@ -283,40 +236,10 @@ func TestDialShortagePauses(t *testing.T) {
 	if os.Getenv(oneFreeEnv) != "" {
 		return
 	}
-	be := newBackend(t, echo)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOneFreeChild$")
-	cmd.Env = append(os.Environ(), oneFreeEnv+"="+be.addr())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		cmd.Process.Kill() // our own child, by PID
-		cmd.Wait()
-	}()
-	hang := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
-	defer hang.Stop()
-	sc := bufio.NewScanner(stdout)
-	waitFor := func(s string) string {
-		for sc.Scan() {
-			if _, rest, ok := strings.Cut(sc.Text(), s); ok {
-				return rest
-			}
-		}
-		t.Fatalf("child output ended before %q", s)
-		return ""
-	}
-	addr := waitFor("addr ")
-	io.WriteString(stdin, "fill\n")
-	waitFor("full")
+	ch := startChildProxy(t, "TestOneFreeChild", oneFreeEnv, newBackend(t, echo).addr())
+	addr := ch.waitFor("addr ")
+	ch.say("fill")
+	ch.waitFor("full")
 	const clients = 6
 	var cs []net.Conn
 	for range clients {
@@ -327,9 +250,9 @@ func TestDialShortagePauses(t *testing.T) {
 		defer c.Close()
 		cs = append(cs, c)
 	}
-	io.WriteString(stdin, "queued\n")
-	waitFor("one free")
-	go io.Copy(io.Discard, stdout)
+	ch.say("queued")
+	ch.waitFor("one free")
+	ch.rest()
 	// Each client is read on a goroutine of its own, so that when it
 	// got its answer does not depend on the order of reading.
 	at := make([]time.Time, len(cs))
@@ -360,4 +283,88 @@ func TestDialShortagePauses(t *testing.T) {
 	if span := last.Sub(first); span < 100*time.Millisecond {
 		t.Errorf("%d clients refused within %v: the route did not pause accepting, or its back-off did not grow", clients, span)
 	}
+}
+
+// childProxy is the test binary run again as a proxy in a process of its
+// own (one of the *Child tests), so that it can run out of descriptors;
+// the test talks to it over its stdin and reads its stdout.
+type childProxy struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	sc    *bufio.Scanner
+	out   bytes.Buffer // what it printed so far
+	ended bool
+}
+
+// startChildProxy runs the test named test with env set to the backend's
+// address. The child is killed, by PID, if the test ends first or after
+// a minute: a child that never prints what the test waits for would
+// block the scanner for ever, and killing it ends its output.
+func startChildProxy(t *testing.T, test, env, backend string) *childProxy {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$")
+	cmd.Env = append(os.Environ(), env+"="+backend)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &childProxy{t: t, cmd: cmd, stdin: stdin, sc: bufio.NewScanner(stdout)}
+	hang := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+	t.Cleanup(func() {
+		hang.Stop()
+		if !c.ended {
+			stdin.Close()
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return c
+}
+
+// waitFor reads the child's output up to a line holding s and returns
+// what follows s on that line.
+func (c *childProxy) waitFor(s string) string {
+	c.t.Helper()
+	for c.sc.Scan() {
+		c.out.WriteString(c.sc.Text() + "\n")
+		if _, rest, ok := strings.Cut(c.sc.Text(), s); ok {
+			return rest
+		}
+	}
+	c.t.Fatalf("child output ended before %q:\n%s", s, c.out.String())
+	return ""
+}
+
+// say sends the child one line.
+func (c *childProxy) say(line string) { io.WriteString(c.stdin, line+"\n") }
+
+// rest reads the child's output to its end on a goroutine; the channel
+// gets all of it, once the child has exited.
+func (c *childProxy) rest() <-chan string {
+	logs := make(chan string, 1)
+	go func() {
+		for c.sc.Scan() {
+			c.out.WriteString(c.sc.Text() + "\n")
+		}
+		logs <- c.out.String()
+	}()
+	return logs
+}
+
+// end tells the child to finish (its stdin ends) and waits for it and for
+// its output, which rest is reading.
+func (c *childProxy) end(logs <-chan string) (string, error) {
+	c.stdin.Close()
+	log := <-logs // all read before Wait closes the pipe
+	err := c.cmd.Wait()
+	c.ended = true
+	return log, err
 }
