@@ -231,13 +231,21 @@ func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
 
 // sockaddrString formats a socket address as host:port.
 func sockaddrString(sa unix.Sockaddr) string {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	if ap, ok := addrPort(sa); ok {
+		return ap.String()
 	}
 	return "?"
+}
+
+// addrPort converts an IP socket address back to a netip.AddrPort.
+func addrPort(sa unix.Sockaddr) (netip.AddrPort, bool) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), true
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)), true
+	}
+	return netip.AddrPort{}, false
 }
 
 // close closes the socket. No loop may be accepting on it.

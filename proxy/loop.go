@@ -390,6 +390,22 @@ func (l *loop) pause(sl *lnSlot, d time.Duration) {
 	sl.until = int64(time.Since(l.start)) + int64(d)
 }
 
+// backOff records a failure to serve a client of ln for lack of local
+// resources (an accept, or a dial, that failed with EMFILE, say) and
+// stops every loop accepting on ln for the grown delay: the loops share
+// the listener, and one that went on would take the backlog at its own
+// pace and fail the same way.
+func (l *loop) backOff(ln *listener, err error) {
+	d := ln.failed(l.r, err)
+	for _, o := range l.r.loops {
+		if o == l {
+			l.pauseAtLeast(ln, d) // now: the accepting loop checks at once
+		} else {
+			o.post(func(o *loop) { o.pauseAtLeast(ln, d) })
+		}
+	}
+}
+
 // pauseAtLeast takes ln out of the loop's epoll for d, or keeps it out
 // that long if it is paused already.
 func (l *loop) pauseAtLeast(ln *listener, d time.Duration) {

@@ -179,6 +179,10 @@ func (r *Route) fbDests() []*dest {
 	return append(ds[:len(ds):len(ds)], r.oldFb...)
 }
 
+// allDests returns the route's own destinations and fbDests. r.mu must
+// be held.
+func (r *Route) allDests() []*dest { return slices.Concat(r.dests, r.fbDests()) }
+
 // FallbackChanged follows the routing.Route to the fallback it now has
 // (routing.Route.SetFallback, which has told r's watcher already): new
 // clients fall back to it, or to nothing if it is nil. Sessions open
@@ -226,7 +230,7 @@ func (r *Route) releaseMetrics() {
 		return
 	}
 	r.released = true
-	ds := slices.Concat(r.dests, r.fbDests())
+	ds := r.allDests()
 	r.oldFb = nil
 	for _, d := range ds {
 		r.m.release(r.cfg.Name, d)
@@ -390,8 +394,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 	r.cancel() // abort dials in progress
 	r.mu.Lock()
 	r.closing = true
-	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
-	r.retire()
+	n := r.closeOpen(nil)
 	r.mu.Unlock()
 	for _, l := range r.loops {
 		l.post(func(l *loop) { l.closeAll() }) // clients still being connected
@@ -412,8 +415,7 @@ func (r *Route) Shutdown(ctx context.Context) error {
 func (r *Route) CloseSessions() int {
 	r.mu.Lock()
 	gen := r.gen.Add(1) // clients still being connected are dropped too
-	n := r.closeSessions(r.dests, -1) + r.closeSessions(r.fbDests(), -1)
-	r.retire()
+	n := r.closeOpen(nil)
 	// A dial in progress could take connect_timeout to end: the loops
 	// drop those clients now.
 	for _, l := range r.loops {
@@ -433,20 +435,10 @@ func (r *Route) CloseSessions() int {
 func (r *Route) CloseSessionsTo(addrs []netip.Addr) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := 0
-	for _, ds := range [][]*dest{r.dests, r.fbDests()} {
-		for _, d := range ds {
-			for s := range d.sessions {
-				if a, ok := s.localAddr(); ok && slices.Contains(addrs, a) {
-					delete(d.sessions, s)
-					d.active.Dec()
-					s.kill()
-					n++
-				}
-			}
-		}
-	}
-	r.retire()
+	n := r.closeOpen(func(s *session) bool {
+		a, ok := s.localAddr()
+		return ok && slices.Contains(addrs, a)
+	})
 	if n > 0 {
 		r.log.Warn("sessions closed", "sessions", n, "addresses", addrs)
 	}
@@ -472,7 +464,7 @@ func (r *Route) stopLoops() {
 }
 
 // open returns the number of open sessions. r.mu must be held.
-func (r *Route) open() int { return count(r.dests) + count(r.fbDests()) }
+func (r *Route) open() int { return count(r.allDests()) }
 
 // count returns the number of open sessions to ds. Route.mu must be held.
 func count(ds []*dest) int {

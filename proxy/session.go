@@ -67,7 +67,7 @@ func (l *loop) accept(sl *lnSlot) {
 			continue
 		}
 		// EMFILE, ENFILE, ENOBUFS, ...: retry after a growing delay.
-		l.pause(sl, sl.ln.failed(l.r, os.NewSyscallError("accept4", err)))
+		l.backOff(sl.ln, os.NewSyscallError("accept4", err))
 		return
 	}
 	// More may be waiting. The listener is level-triggered, so the next
@@ -234,17 +234,8 @@ func (l *loop) refuseNoDest(s *session, err error) {
 func (l *loop) refuseLocal(s *session, err error) {
 	r := l.r
 	r.refusedLocal.Inc()
-	// Every loop stops accepting, not only this one: the others share the
-	// listener, and would otherwise take the backlog at their own pace.
 	for _, sl := range l.lns {
-		d, ln := sl.ln.failed(r, err), sl.ln
-		for _, o := range r.loops {
-			if o == l {
-				l.pauseAtLeast(ln, d)
-			} else {
-				o.post(func(o *loop) { o.pauseAtLeast(ln, d) })
-			}
-		}
+		l.backOff(sl.ln, err)
 	}
 	if r.log.Enabled(r.ctx, slog.LevelDebug) {
 		r.log.Debug("client refused: dial failed for lack of local resources", "client", peer(s.cfd), "destination", s.pick.Addr, "err", err)
@@ -576,13 +567,8 @@ func (s *session) localAddr() (netip.Addr, bool) {
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(sa.Addr), true
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(sa.Addr).Unmap(), true
-	}
-	return netip.Addr{}, false
+	ap, ok := addrPort(sa)
+	return ap.Addr().Unmap(), ok
 }
 
 // killed reports whether kill ran.
@@ -614,10 +600,32 @@ func (r *Route) register(s *session) bool {
 func (r *Route) closeSessions(ds []*dest, keep int) int {
 	n := 0
 	for i, d := range ds {
-		if i == keep {
-			continue
+		if i != keep {
+			n += d.closeWhere(nil)
 		}
-		for s := range d.sessions {
+	}
+	return n
+}
+
+// closeOpen kills the open sessions of the route, its own and those
+// through fallbacks, that match (all with a nil match), forgets the
+// earlier fallbacks' destinations left without any, and returns how many
+// it killed. r.mu must be held.
+func (r *Route) closeOpen(match func(*session) bool) int {
+	n := 0
+	for _, d := range r.allDests() {
+		n += d.closeWhere(match)
+	}
+	r.retire()
+	return n
+}
+
+// closeWhere kills d's sessions that match (all with a nil match) and
+// returns how many. Route.mu must be held.
+func (d *dest) closeWhere(match func(*session) bool) int {
+	n := 0
+	for s := range d.sessions {
+		if match == nil || match(s) {
 			delete(d.sessions, s)
 			d.active.Dec()
 			s.kill()
