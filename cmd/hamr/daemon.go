@@ -461,9 +461,7 @@ func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 		d.liveMu.Unlock()
 		r.px.Shutdown(context.Background()) // lets go of its metric series; nothing runs
 		r.removed.Store(true)               // its watchers must not speak for the name
-		if r.unwatch != nil {
-			r.unwatch()
-		}
+		r.unwatchFallback()
 		return fmt.Errorf("route %s: %w", rc.Name, err)
 	}
 	var checked []string
@@ -571,9 +569,7 @@ func (d *daemon) removeRoute(name string, timeout time.Duration) {
 	r := d.routes[name]
 	delete(d.routes, name)
 	r.removed.Store(true)
-	if r.unwatch != nil {
-		r.unwatch() // the fallback may stay: it must not keep r alive
-	}
+	r.unwatchFallback() // the fallback may stay: it must not keep r alive
 	r.cancel()
 	r.px.StopAccepting() // now, so that a replacement can bind the port
 	d.liveMu.Lock()
@@ -615,13 +611,20 @@ func (d *daemon) removeRoute(name string, timeout time.Duration) {
 	}()
 }
 
+// unwatchFallback stops r following its fallback route's changes, if it
+// does. daemon.mu must be held.
+func (r *route) unwatchFallback() {
+	if r.unwatch != nil {
+		r.unwatch()
+		r.unwatch = nil
+	}
+}
+
 // watchFallback makes r follow fb's changes, in place of the route it
 // followed before: r's availability depends on its fallback's primary.
 // d.mu must be held.
 func (d *daemon) watchFallback(r, fb *route) {
-	if r.unwatch != nil {
-		r.unwatch()
-	}
+	r.unwatchFallback()
 	r.unwatch = fb.rt.Watch(func() { d.routeChanged(r) })
 }
 
@@ -700,10 +703,7 @@ func (d *daemon) dropFallback(r *route, name string) {
 		return
 	}
 	r.fallback.Store(nil)
-	if r.unwatch != nil {
-		r.unwatch()
-		r.unwatch = nil
-	}
+	r.unwatchFallback()
 	r.px.FallbackChanged()
 	d.log.Error("route has no fallback until its fallback route starts", "route", r.name, "fallback", name)
 }
