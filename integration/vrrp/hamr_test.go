@@ -104,6 +104,45 @@ func hamrConf(h *host, c routerConf) string {
 	return b.String()
 }
 
+// labConf is a configuration for hamr on one lab host beside hamrConf's:
+// the lab's [global], [logger] and [admin], tcp health checks, VI_1 on
+// the host's link with the lab VIP at priority prio, and routes as
+// written.
+type labConf struct {
+	prio   int
+	health string // more [health] lines, such as fastChecks
+	vrrp   string // more [vrrp.VI_1] lines
+	routes string // [routing.NAME] sections
+}
+
+// fastChecks are [health] lines that notice a change within 100 ms.
+const fastChecks = "interval = \"100ms\"\nrise = 1\nfall = 1"
+
+// writeConf writes c for hamr on h as name.toml in the lab directory and
+// returns its path.
+func (l *lab) writeConf(h *host, name string, c labConf) string {
+	l.t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
+	fmt.Fprintf(&b, "[health]\nlevel = \"tcp\"\n%s\n\n", c.health)
+	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, c.prio)
+	fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\n%s\n\n%s", fast.advert, vipPrefix, c.vrrp, c.routes)
+	path := filepath.Join(l.dir, name+".toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	return path
+}
+
+// startConf writes c (see writeConf) and runs `hamr run` with it on h.
+func (l *lab) startConf(h *host, name string, c labConf) *router {
+	l.t.Helper()
+	path := l.writeConf(h, name, c)
+	r := l.start("hamr", h, "hamr-"+name, hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+	return r
+}
+
 // writeHamrConf writes a config for h into the lab directory.
 func (l *lab) writeHamrConf(h *host, name string, c routerConf) string {
 	l.t.Helper()

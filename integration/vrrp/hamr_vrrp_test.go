@@ -291,19 +291,9 @@ func TestHamrTrackFallbackRoute(t *testing.T) {
 	stop := h.listen(t, db, false)
 	defer func() { stop() }()
 
-	var b strings.Builder
-	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
-	b.WriteString("[health]\nlevel = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n")
-	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
-	fmt.Fprintf(&b, "advert_int = %q\ntrack_routes = [\"ro\"]\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
-	fmt.Fprintf(&b, "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [%q]\n\n", db)
-	b.WriteString("[routing.ro]\nbind_port = 7002\nmode = \"read-only\"\ndestinations = [\"127.0.0.1:9\"]\nfallback = \"rw\"\n")
-	path := filepath.Join(l.dir, "fallback.toml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := l.start("hamr", h, "hamr-fallback", hamrBin, "run", "-c", path)
-	r.admin, r.conf = adminAddr, path
+	r := l.startConf(h, "fallback", labConf{prio: 100, health: fastChecks, vrrp: `track_routes = ["ro"]`,
+		routes: fmt.Sprintf("[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [%q]\n\n", db) +
+			"[routing.ro]\nbind_port = 7002\nmode = \"read-only\"\ndestinations = [\"127.0.0.1:9\"]\nfallback = \"rw\"\n"})
 
 	r.waitState("MASTER", startTimeout(fast))
 	stop()
@@ -328,22 +318,11 @@ func TestHamrStopClosesRemovedRouteOnVIP(t *testing.T) {
 	const db = "127.0.0.1:9201" // holds every connection, inside r1
 	h.listen(t, db, true)
 
-	write := func(route string) string {
-		var b strings.Builder
-		fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
-		b.WriteString("[health]\nlevel = \"tcp\"\n\n")
-		fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
-		fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
-		fmt.Fprintf(&b, "[routing.%s]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n", route, vipAddr, vipPort, db)
-		path := filepath.Join(l.dir, "removed.toml")
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return path
+	conf := func(route string) labConf {
+		return labConf{prio: 100, routes: fmt.Sprintf("[routing.%s]\nbind_address = %q\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n",
+			route, vipAddr, vipPort, db)}
 	}
-	path := write("old")
-	r := l.start("hamr", h, "hamr-removed", hamrBin, "run", "-c", path)
-	r.admin, r.conf = adminAddr, path
+	r := l.startConf(h, "removed", conf("old"))
 	r.waitState("MASTER", startTimeout(fast))
 	l.r1.waitVIP(t, true, 2*time.Second)
 
@@ -363,7 +342,7 @@ func TestHamrStopClosesRemovedRouteOnVIP(t *testing.T) {
 		}
 	}
 	waitSessions("old")
-	write("new") // same VIP and port, another name: "old" is removed
+	l.writeConf(h, "removed", conf("new")) // same VIP and port, another name: "old" is removed
 	r.signal(syscall.SIGHUP)
 	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(r.log(), "configuration reloaded"); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -398,19 +377,9 @@ func TestHamrWildcardRouteLosesVIP(t *testing.T) {
 	h.listen(t, db, true)
 	stopTracked := h.listen(t, tracked, false)
 
-	var b strings.Builder
-	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
-	b.WriteString("[health]\nlevel = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n")
-	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 100\n", h.link, vrid)
-	fmt.Fprintf(&b, "advert_int = %q\ntrack_routes = [\"tracked\"]\nvirtual_ipaddress = [%q]\n\n", fast.advert, vipPrefix)
-	fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"0.0.0.0\"\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n\n", vipPort, db)
-	fmt.Fprintf(&b, "[routing.tracked]\nbind_port = 7009\nmode = \"read-write\"\ndestinations = [%q]\n", tracked)
-	path := filepath.Join(l.dir, "wildcard.toml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := l.start("hamr", h, "hamr-wildcard", hamrBin, "run", "-c", path)
-	r.admin, r.conf = adminAddr, path
+	r := l.startConf(h, "wildcard", labConf{prio: 100, health: fastChecks, vrrp: `track_routes = ["tracked"]`,
+		routes: fmt.Sprintf("[routing.rw]\nbind_address = \"0.0.0.0\"\nbind_port = %d\nmode = \"read-write\"\ndestinations = [%q]\n\n", vipPort, db) +
+			fmt.Sprintf("[routing.tracked]\nbind_port = 7009\nmode = \"read-write\"\ndestinations = [%q]\n", tracked)})
 	r.waitState("MASTER", startTimeout(fast))
 	h.waitVIP(t, true, 2*time.Second)
 
@@ -462,16 +431,8 @@ func TestHamrFailedStartTakesNoVIP(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	b.WriteString("[health]\nlevel = \"tcp\"\n\n")
-	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = 255\n", h.link, vrid)
-	fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\nnotify = %q\n\n", fast.advert, vipPrefix, script)
-	fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9401\nmode = \"read-write\"\ndestinations = [\"127.0.0.1:9402\"]\n")
-	path := filepath.Join(l.dir, "busy.toml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := l.start("hamr", h, "hamr-busy", hamrBin, "run", "-c", path)
+	r := l.startConf(h, "busy", labConf{prio: 255, vrrp: fmt.Sprintf("notify = %q", script),
+		routes: "[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9401\nmode = \"read-write\"\ndestinations = [\"127.0.0.1:9402\"]\n"})
 	if !r.waitExit(10 * time.Second) {
 		t.Fatal("hamr with a route it cannot bind is still running after 10s")
 	}
@@ -505,25 +466,14 @@ func TestHamrSlowNotifyScripts(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 1.5\necho \"$@\" >> "+marker+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write := func(prio int) string {
-		var b strings.Builder
-		fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
-		b.WriteString("[health]\nlevel = \"tcp\"\n\n")
-		fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, prio)
-		fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\nnotify = %q\n\n", fast.advert, vipPrefix, script)
-		fmt.Fprintf(&b, "[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9501\nmode = \"read-write\"\ndestinations = [%q]\n", db)
-		path := filepath.Join(l.dir, "slow.toml")
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return path
+	conf := func(prio int) labConf {
+		return labConf{prio: prio, vrrp: fmt.Sprintf("notify = %q", script),
+			routes: fmt.Sprintf("[routing.rw]\nbind_address = \"127.0.0.1\"\nbind_port = 9501\nmode = \"read-write\"\ndestinations = [%q]\n", db)}
 	}
-	path := write(100)
-	r := l.start("hamr", h, "hamr-slow", hamrBin, "run", "-c", path)
-	r.admin, r.conf = adminAddr, path
+	r := l.startConf(h, "slow", conf(100))
 	r.waitState("MASTER", startTimeout(fast))
 
-	write(110) // restarts the instance: notify STOP, then BACKUP, MASTER
+	l.writeConf(h, "slow", conf(110)) // restarts the instance: notify STOP, then BACKUP, MASTER
 	start := time.Now()
 	r.signal(syscall.SIGHUP)
 	for !strings.Contains(r.log(), "configuration reloaded") {
