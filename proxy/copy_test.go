@@ -375,7 +375,7 @@ func TestHandOverDuringShutdown(t *testing.T) {
 	resume := sync.OnceFunc(func() { close(resumeC) })
 	var once sync.Once
 	acceptFn = func(fd int) (int, error) {
-		nfd, err := accept4(fd)
+		nfd, err := rawAccept4(fd)
 		if err == nil && armed.Load() {
 			once.Do(func() {
 				close(accepted)
@@ -384,7 +384,7 @@ func TestHandOverDuringShutdown(t *testing.T) {
 		}
 		return nfd, err
 	}
-	t.Cleanup(func() { acceptFn = accept4 })
+	t.Cleanup(func() { acceptFn = rawAccept4 })
 
 	var logs logBuffer
 	be := newBackend(t, echo)

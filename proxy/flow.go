@@ -167,7 +167,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 				}
 				f.pipe, f.hasPipe = p, true
 			}
-			n, err := unix.Splice(f.src, nil, f.pipe.w, nil, maxSplice, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			n, err := rawSplice(f.src, f.pipe.w, maxSplice, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 			switch err {
 			case nil:
 			case unix.EINTR:
@@ -189,7 +189,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 			first = false
 			continue
 		}
-		n, err := unix.Read(f.src, l.buf)
+		n, err := rawRead(f.src, l.buf)
 		switch err {
 		case nil:
 		case unix.EINTR:
@@ -225,7 +225,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 // drainPipe splices the pipe into dst until it is empty or dst is full.
 func (f *flow) drainPipe() error {
 	for f.inPipe > 0 {
-		n, err := unix.Splice(f.pipe.r, nil, f.dst, nil, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		n, err := rawSplice(f.pipe.r, f.dst, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch err {
 		case nil:
 		case unix.EINTR:
@@ -240,7 +240,7 @@ func (f *flow) drainPipe() error {
 			return errPipeEmpty
 		}
 		f.inPipe -= int(n)
-		f.n += n
+		f.n += int64(n)
 	}
 	return nil
 }
@@ -249,7 +249,7 @@ func (f *flow) drainPipe() error {
 // with n = 0.
 func write(fd int, b []byte) (int, error) {
 	for {
-		n, err := unix.Write(fd, b)
+		n, err := rawWrite(fd, b)
 		if err == unix.EINTR {
 			continue
 		}

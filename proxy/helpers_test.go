@@ -17,7 +17,7 @@ import (
 	"github.com/hamr-project/hamr/routing"
 )
 
-// backend is a TCP server on 127.0.0.1 that runs handle for each
+// backend is a TCP server (newBackend: on 127.0.0.1) that runs handle for each
 // connection. Cleanup closes the listener and every connection and waits
 // for the handlers.
 type backend struct {
@@ -29,7 +29,13 @@ type backend struct {
 
 func newBackend(t testing.TB, handle func(net.Conn)) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return newBackendAt(t, "127.0.0.1:0", handle)
+}
+
+// newBackendAt is newBackend listening on addr.
+func newBackendAt(t testing.TB, addr string, handle func(net.Conn)) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

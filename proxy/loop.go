@@ -142,7 +142,7 @@ func (l *loop) post(fn func(*loop)) {
 		// Under mu: release closes efd only after setting exited, so
 		// this write cannot land in a descriptor that reused the number.
 		var one = [8]byte{1}
-		unix.Write(l.efd, one[:])
+		rawWrite(l.efd, one[:])
 	}
 	l.mu.Unlock()
 }
@@ -187,7 +187,7 @@ func (l *loop) loopRun() {
 // due before the deadline armed.
 func (l *loop) poll(fd uintptr) bool {
 	for !l.closed {
-		n, err := unix.EpollWait(int(fd), l.events, 0)
+		n, err := rawHarvest(int(fd), l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -275,7 +275,7 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 // commands runs what other goroutines posted.
 func (l *loop) commands() {
 	var b [8]byte
-	unix.Read(l.efd, b[:])
+	rawRead(l.efd, b[:])
 	l.mu.Lock()
 	l.run, l.cmds = l.cmds, l.run[:0]
 	l.mu.Unlock()
@@ -334,7 +334,7 @@ func (l *loop) add(fd int, tag uint32) error {
 		Fd:     int32(fd),
 		Pad:    int32(tag),
 	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
 	return nil
@@ -375,7 +375,7 @@ func (l *loop) listen(sl *lnSlot) {
 		Fd:     int32(sl.ln.fd),
 		Pad:    tagListener,
 	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sl.ln.fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sl.ln.fd, &ev); err != nil {
 		l.r.log.Error("cannot watch the listening socket; retrying", "err", err)
 		l.pause(sl, maxAcceptDelay)
 		return
@@ -385,7 +385,7 @@ func (l *loop) listen(sl *lnSlot) {
 
 // pause takes sl's listener out of the epoll for d.
 func (l *loop) pause(sl *lnSlot, d time.Duration) {
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, sl.ln.fd, nil)
+	rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, sl.ln.fd, nil)
 	sl.paused = true
 	sl.until = int64(time.Since(l.start)) + int64(d)
 }
@@ -429,7 +429,7 @@ func (l *loop) removeListener(ln *listener) {
 			continue
 		}
 		if !sl.paused {
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+			rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 		}
 		l.lns = append(l.lns[:i], l.lns[i+1:]...)
 		return

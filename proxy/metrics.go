@@ -132,6 +132,7 @@ type dest struct {
 	// An IP destination is dialed by the loops themselves; sa is nil
 	// for a hostname.
 	sa     unix.Sockaddr
+	raw    rawSockaddr // sa for connect(2)
 	family int
 	tcp    *net.TCPAddr // for errors
 
@@ -156,22 +157,8 @@ func (m *Metrics) dest(route, addr string) *dest {
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		d.sa, d.family = sockaddr(ap)
+		d.raw = toRawSockaddr(d.sa)
 		d.tcp = net.TCPAddrFromAddrPort(ap)
 	}
 	return d
-}
-
-// sockaddr returns a copy of d.sa for one connect(2): the kernel's form
-// of the address is kept inside the value, which the loops must not
-// share.
-func (d *dest) sockaddr() unix.Sockaddr {
-	switch sa := d.sa.(type) {
-	case *unix.SockaddrInet4:
-		c := *sa
-		return &c
-	case *unix.SockaddrInet6:
-		c := *sa
-		return &c
-	}
-	return d.sa
 }

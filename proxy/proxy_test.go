@@ -126,9 +126,9 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 		if fails.Add(-1) >= 0 {
 			return -1, syscall.EMFILE
 		}
-		return accept4(fd)
+		return rawAccept4(fd)
 	}
-	t.Cleanup(func() { acceptFn = accept4 })
+	t.Cleanup(func() { acceptFn = rawAccept4 })
 	fails.Store(5)
 
 	be := newBackend(t, echo)
@@ -176,9 +176,9 @@ func TestAcceptBurstBeyondBudget(t *testing.T) {
 		if gated.Load() {
 			<-release
 		}
-		return accept4(fd)
+		return rawAccept4(fd)
 	}
-	t.Cleanup(func() { acceptFn = accept4 })
+	t.Cleanup(func() { acceptFn = rawAccept4 })
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 

@@ -77,18 +77,7 @@ func (l *loop) accept(sl *lnSlot) {
 }
 
 // acceptFn accepts a client; tests make it fail.
-var acceptFn = accept4
-
-// accept4 is accept4(2) without the peer's address, which the proxy does
-// not need: unix.Accept4 would decode it, with an extra getsockopt(2)
-// per client.
-func accept4(fd int) (int, error) {
-	nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(nfd), nil
-}
+var acceptFn = rawAccept4
 
 // balance returns the loop that should serve a client accepted by l:
 // l itself, unless it holds at least two sessions more than the least
@@ -143,7 +132,7 @@ func (l *loop) admit(cfd int, gen uint64) {
 // is the first write on the socket: it fits the send buffer.
 func refuse(fd int, pkt []byte) {
 	write(fd, pkt)
-	unix.Close(fd)
+	rawClose(fd)
 }
 
 // peer returns fd's peer address for logs.
@@ -247,24 +236,24 @@ func (l *loop) refuseLocal(s *session, err error) {
 // dialRaw starts a non-blocking connect to d. done reports a connection
 // completed at once.
 func dialRaw(d *dest) (fd int, done bool, err error) {
-	fd, err = unix.Socket(d.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err = rawSocket(d.family)
 	if err != nil {
 		return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("socket", err)}
 	}
 	// TCP_NODELAY and keepalive, as Go's dialer sets them.
 	for _, o := range sockOpts {
-		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
-			unix.Close(fd)
+		if err := rawSetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			rawClose(fd)
 			return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("setsockopt", err)}
 		}
 	}
-	switch err := unix.Connect(fd, d.sockaddr()); err {
+	switch err := rawConnect(fd, &d.raw); err {
 	case nil:
 		return fd, true, nil
 	case unix.EINPROGRESS, unix.EINTR:
 		return fd, false, nil
 	default:
-		unix.Close(fd)
+		rawClose(fd)
 		return -1, false, &net.OpError{Op: "dial", Net: "tcp", Addr: d.tcp, Err: os.NewSyscallError("connect", err)}
 	}
 }
@@ -290,7 +279,7 @@ func (l *loop) dialSlow(s *session, d *dest, attempt int) {
 		l.post(func(l *loop) {
 			if !s.dialing(attempt) {
 				if fd >= 0 {
-					unix.Close(fd)
+					rawClose(fd)
 				}
 				return
 			}
@@ -373,7 +362,7 @@ func (l *loop) dialFailed(s *session, err error) {
 func (l *loop) dropDest(s *session) {
 	if s.sfd >= 0 {
 		l.table[s.sfd] = nil
-		unix.Close(s.sfd)
+		rawClose(s.sfd)
 		s.sfd = -1
 	}
 }
@@ -505,7 +494,7 @@ func (l *loop) eof(s *session, f *flow) error {
 	f.eof = true
 	f.release()
 	f.flush() // counted before dst can see the end
-	if err := unix.Shutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+	if err := rawShutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 		return err
 	}
 	return nil
@@ -524,7 +513,7 @@ func (l *loop) closeSession(s *session) {
 	for _, fd := range []int{s.cfd, s.sfd} {
 		if fd >= 0 {
 			l.table[fd] = nil
-			unix.Close(fd)
+			rawClose(fd)
 		}
 	}
 	s.mu.Unlock()
@@ -546,9 +535,9 @@ func (s *session) kill() {
 	s.mu.Lock()
 	if !s.dead.Load() {
 		s.dead.Store(true) // for the loop: close at the next event
-		unix.Shutdown(s.cfd, unix.SHUT_RDWR)
+		rawShutdown(s.cfd, unix.SHUT_RDWR)
 		if s.sfd >= 0 {
-			unix.Shutdown(s.sfd, unix.SHUT_RDWR)
+			rawShutdown(s.sfd, unix.SHUT_RDWR)
 		}
 	}
 	s.mu.Unlock()
