@@ -19,6 +19,10 @@ type failoverResult struct {
 	maxGap   time.Duration // longest time without any successful query
 	onBackup bool          // the last successful query was served by B
 	firstOnB time.Duration // from the kill to the first query served by B
+	// From the kill until A was reaped. The longest gap cannot be much
+	// shorter: the kernel frees a SIGKILLed server's memory before it
+	// closes its sockets, and no proxy can move a client before that.
+	death time.Duration
 }
 
 // waitServedBy polls addr until a query is answered by the server on port.
@@ -120,6 +124,7 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 	killedAt = time.Now()
 	mu.Unlock()
 	a.proc.kill()
+	death := time.Since(killedAt)
 	select {
 	case <-time.After(after):
 	case <-ctx.Done():
@@ -139,6 +144,7 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 		maxGap:   maxGap,
 		onBackup: lastPort == bPortS,
 		firstOnB: firstOnB,
+		death:    death,
 	}
 	if lastOK.IsZero() {
 		return r, fmt.Errorf("failover via %s: no successful query at all", addr)

@@ -773,14 +773,17 @@ func (e *env) runFailover(ctx context.Context, round int) error {
 		gap := float64(r.maxGap) / float64(time.Millisecond)
 		e.rep.add(metricDef{Workload: wl, Metric: "client errors", Unit: "count", Lower: true}, kind, float64(r.errors))
 		e.rep.add(metricDef{Workload: wl, Metric: "longest gap", Unit: "ms", Lower: true, Goal: true}, kind, gap)
-		e.logf("%-22s %-8s %d errors, longest gap %.0f ms, first on B after %v, %d queries",
-			wl, kind, r.errors, gap, r.firstOnB.Round(time.Millisecond), r.ok)
+		e.logf("%-22s %-8s %d errors, longest gap %.1f ms, A reaped after %.1f ms, first on B after %.1f ms, %d queries",
+			wl, kind, r.errors, gap, ms(r.death), ms(r.firstOnB), r.ok)
 		if err := e.foA.start(); err != nil {
 			return fmt.Errorf("restart %s: %w", e.foA.name, err)
 		}
 	}
 	return nil
 }
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // machineInfo describes the machine for the report.
 func machineInfo() map[string]string {
