@@ -101,6 +101,7 @@ type flow struct {
 	bulk     bool               // splicing rather than reading
 	blocked  bool               // dst is full: wait for its writable edge
 	eof      bool               // src ended and dst was shut down for writing
+	moved    bool               // bytes were delivered and flushed
 	n        int64              // bytes delivered to dst, not yet added to bytes
 	bytes    prometheus.Counter // hamr_route_bytes_total of this direction
 }
@@ -108,10 +109,19 @@ type flow struct {
 // flush adds the bytes delivered since the last flush to f's counter,
 // so that the metric moves while a long session lasts.
 func (f *flow) flush() {
-	if f.n > 0 && f.bytes != nil {
-		f.bytes.Add(float64(f.n))
+	if f.n > 0 {
+		if f.bytes != nil {
+			f.bytes.Add(float64(f.n))
+		}
 		f.n = 0
+		f.moved = true
 	}
+}
+
+// silent reports whether f has carried nothing so far: no byte
+// delivered, none waiting in a buffer or a pipe.
+func (f *flow) silent() bool {
+	return !f.moved && f.n == 0 && len(f.pend) == 0 && f.inPipe == 0
 }
 
 // errPipeEmpty means the kernel lost track of a pipe's contents; it ends

@@ -305,6 +305,90 @@ func TestFailoverOnDialError(t *testing.T) {
 	}
 }
 
+// TestServerClosesBeforeGreeting: a server that accepts and closes
+// without a byte (a SIGKILLed mariadbd still completes handshakes in the
+// kernel until its sockets close) fails over like a refused connect,
+// while the client has seen nothing: the client reaches the next
+// destination, and the silent one is marked down.
+func TestServerClosesBeforeGreeting(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		close func(net.Conn)
+	}{
+		{"fin", func(c net.Conn) { c.Close() }},
+		{"reset", func(c net.Conn) { c.(*net.TCPConn).SetLinger(0); c.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newBackend(t, tc.close)
+			b := newBackend(t, named("b"))
+			rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
+			m := NewMetrics(prometheus.NewRegistry())
+			p := startRoute(t, Config{Name: "rw", ReadWrite: true}, rt, Options{Metrics: m})
+			c := dialProxy(t, p)
+			if name, err := readLine(c); err != nil || name != "b" {
+				t.Fatalf("client reached %q (%v), want b", name, err)
+			}
+			if err := roundTrip(c, "ping"); err != nil {
+				t.Fatal(err)
+			}
+			if got := rt.Primary(); got != 1 {
+				t.Errorf("primary = %d, want 1", got)
+			}
+			if rt.State()[0].Up {
+				t.Error("the silent destination is still up")
+			}
+			if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
+				t.Errorf("Sessions() = %v, want [0 1]", got)
+			}
+			if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", a.addr())); v != 1 {
+				t.Errorf("dial errors for %s = %v, want 1", a.addr(), v)
+			}
+		})
+	}
+}
+
+// TestServerClosesAfterSpeech: once anything has passed, a server's
+// close is the session's end: the client sees it, and the destination
+// stays up (a server may close a session it has greeted, or one whose
+// client spoke out of turn, and what the client sent cannot be replayed).
+func TestServerClosesAfterSpeech(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		server func(net.Conn)
+		client string // sent before reading
+	}{
+		{"greeted", func(c net.Conn) { io.WriteString(c, "a\n"); c.Close() }, ""},
+		{"client first", func(c net.Conn) { readLine(c); c.Close() }, "early\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newBackend(t, tc.server)
+			b := newBackend(t, named("b"))
+			rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
+			p := startRoute(t, Config{ReadWrite: true}, rt, Options{})
+			c := dialProxy(t, p)
+			if tc.client != "" {
+				if _, err := io.WriteString(c, tc.client); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if tc.client == "" && string(got) != "a\n" {
+				t.Errorf("client read %q (%v), want the greeting, then the end", got, err)
+			}
+			if tc.client != "" && len(got) != 0 {
+				t.Errorf("client read %q (%v), want the end", got, err)
+			}
+			if got := rt.Primary(); got != 0 {
+				t.Errorf("primary = %d, want 0", got)
+			}
+			if !rt.State()[0].Up {
+				t.Error("a server that spoke was marked down")
+			}
+		})
+	}
+}
+
 func TestPrimaryMoveClosesOldSessions(t *testing.T) {
 	a := newBackend(t, named("a"))
 	b := newBackend(t, named("b"))

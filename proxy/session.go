@@ -447,12 +447,48 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 // both directions have ended. It reports whether the session is open.
 func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
 	err := l.pump(s, f, drain)
+	if err != nil && f == &s.s2c && s.unspoken() {
+		l.redial(s, err)
+		return false
+	}
 	f.flush() // every pump comes through here: nothing is left to count at close
 	if err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
 		l.closeSession(s)
 		return false
 	}
 	return true
+}
+
+// errSilentEOF is the server's EOF before its first byte.
+var errSilentEOF = errors.New("connection closed before the server's greeting")
+
+// unspoken reports whether nothing has passed either way in s, and the
+// client is still there: the server has not sent its greeting (MySQL's
+// server speaks first) and the client has sent nothing that would have
+// to be replayed. Such a client can still be sent to another server.
+func (s *session) unspoken() bool {
+	return s.s2c.silent() && s.c2s.silent() && !s.c2s.eof
+}
+
+// redial sends s's client on to the next destination after its server
+// closed the connection before the greeting: a server that is being
+// SIGKILLed still completes TCP handshakes in the kernel until its
+// sockets close, and then resets them. That is the same failure as a
+// refused connect, and is handled the same way: the destination is
+// marked down and the client, which has seen nothing, goes on.
+func (l *loop) redial(s *session, err error) {
+	l.r.unregister(s)
+	if s.killed() {
+		l.closeSession(s) // closed by the Route meanwhile
+		return
+	}
+	// The client socket joins the epoll again once the next destination
+	// has answered.
+	rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.cfd, nil)
+	s.c2s.release()
+	s.s2c.release()
+	s.state = stateConnecting
+	l.dialFailed(s, &net.OpError{Op: "read", Net: "tcp", Addr: s.d.tcp, Err: err})
 }
 
 // evNone is connected's event when no event reported the connection:
@@ -491,6 +527,9 @@ func (l *loop) connected(s *session, ev uint32) {
 
 // eof ends flow f after src's EOF: the half-close goes on to dst.
 func (l *loop) eof(s *session, f *flow) error {
+	if f == &s.s2c && s.unspoken() {
+		return errSilentEOF // no half-close: see redial
+	}
 	f.eof = true
 	f.release()
 	f.flush() // counted before dst can see the end
