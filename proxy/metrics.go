@@ -129,10 +129,9 @@ type dest struct {
 	addr     string
 	sessions map[*session]struct{} // guarded by Route.mu
 
-	// An IP destination is dialed by the loops themselves; sa is nil
+	// An IP destination is dialed by the loops themselves; raw is empty
 	// for a hostname.
-	sa     unix.Sockaddr
-	raw    rawSockaddr // sa for connect(2)
+	raw    rawSockaddr
 	family int
 	tcp    *net.TCPAddr // for errors
 
@@ -156,8 +155,9 @@ func (m *Metrics) dest(route, addr string) *dest {
 		dialErrs: m.dialErrs.WithLabelValues(route, addr),
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		d.sa, d.family = sockaddr(ap)
-		d.raw = toRawSockaddr(d.sa)
+		var sa unix.Sockaddr
+		sa, d.family = sockaddr(ap)
+		d.raw = toRawSockaddr(sa)
 		d.tcp = net.TCPAddrFromAddrPort(ap)
 	}
 	return d

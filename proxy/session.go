@@ -168,7 +168,7 @@ func (l *loop) connect(s *session) {
 		}
 		s.pick, s.d = p, d
 		s.state = stateConnecting
-		if d.sa == nil || r.dial != nil {
+		if d.raw.n == 0 || r.dial != nil {
 			l.dialSlow(s, d, s.attempt)
 			return
 		}
