@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hamr-project/hamr/internal/loopback"
 )
 
 // TestAdminToken checks [admin] token: every request without the bearer
@@ -19,8 +21,8 @@ import (
 // --token or $HAMR_ADMIN_TOKEN, failing clearly without it.
 func TestAdminToken(t *testing.T) {
 	const token = "s3cret"
-	dead := freePorts(t, 2) // no MySQL needed: the admin endpoint is the subject
-	r := routeConfig{Name: "guarded", Port: dead[0], Mode: "read-write", Dests: []string{Addr(dead[1])}}
+	// No MySQL needed: the admin endpoint is the subject.
+	r := routeConfig{Name: "guarded", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{loopback.Refused(t)}}
 	h := startHamr(t, hamrConfig{Token: token, Level: "tcp", Routes: []routeConfig{r}})
 
 	t.Run("http", func(t *testing.T) {
@@ -105,9 +107,9 @@ func TestAdminToken(t *testing.T) {
 // SIGHUP opens it again; an address in use or an unreadable or empty
 // token file rejects the reload and the endpoint stays as it was.
 func TestAdminReload(t *testing.T) {
-	dead := freePorts(t, 4)
-	r := routeConfig{Name: "guarded", Port: dead[0], Mode: "read-write", Dests: []string{Addr(dead[1])}}
-	cfg := hamrConfig{Admin: Addr(dead[2]), Token: "one", Level: "tcp", Routes: []routeConfig{r}}
+	ports := freePorts(t, 3) // the route's, and two admin addresses
+	r := routeConfig{Name: "guarded", Port: ports[0], Mode: "read-write", Dests: []string{loopback.Refused(t)}}
+	cfg := hamrConfig{Admin: Addr(ports[1]), Token: "one", Level: "tcp", Routes: []routeConfig{r}}
 	h := startHamr(t, cfg)
 	dir := t.TempDir()
 
@@ -180,7 +182,7 @@ func TestAdminReload(t *testing.T) {
 
 	t.Run("address moves", func(t *testing.T) {
 		old := cfg.Admin
-		cfg.Admin = Addr(dead[3])
+		cfg.Admin = Addr(ports[2])
 		reload(t, cfg, h.Token) // sent to the old address, answered there
 		want(cfg.Admin, h.Token, http.StatusOK)
 		waitFor(t, 10*time.Second, "the old admin address to close", func() (bool, error) {
@@ -272,11 +274,12 @@ func TestAdminReload(t *testing.T) {
 // route serving everyone through its fallback showed 0 sessions.
 func TestStatusFallback(t *testing.T) {
 	dest, _ := holdServer(t)
-	ports := freePorts(t, 3)
+	ports := freePorts(t, 2)
+	replica := loopback.Refused(t)
 	rw := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{dest}}
-	ro := routeConfig{Name: "ro", Port: ports[1], Mode: "read-only", Dests: []string{Addr(ports[2])}, Extra: `fallback = "rw"`}
+	ro := routeConfig{Name: "ro", Port: ports[1], Mode: "read-only", Dests: []string{replica}, Extra: `fallback = "rw"`}
 	h := startHamr(t, hamrConfig{Level: "tcp", Routes: []routeConfig{rw, ro}})
-	h.waitDest("ro", Addr(ports[2]), false, 10*time.Second)
+	h.waitDest("ro", replica, false, 10*time.Second)
 
 	c, err := net.DialTimeout("tcp", Addr(ro.Port), 2*time.Second)
 	if err != nil {
