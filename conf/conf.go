@@ -13,6 +13,7 @@ import (
 type Config struct {
 	File   string   // path the configuration was read from
 	Global Global   // [global]
+	IO     IO       // [io]
 	Logger Logger   // [logger]
 	Admin  Admin    // [admin]
 	Health Health   // [health]: defaults for every route
@@ -25,6 +26,14 @@ type Global struct {
 	// DrainTimeout is how long SIGTERM waits for open sessions to end
 	// before closing them. Default 30s.
 	DrainTimeout time.Duration // > 0
+}
+
+// IO is the [io] section, as MySQL Router's.
+type IO struct {
+	// Threads is the number of event loops of each route: the threads
+	// that accept, connect and relay its clients. 0 (the default) runs
+	// one per CPU hamr may use (GOMAXPROCS). Read at start only.
+	Threads int // 0-1024
 }
 
 // Logger is the [logger] section.

@@ -280,6 +280,11 @@ state = "master"
 				`12 routing.rw.max_replication_lag: "500ms" is too short (0 for off, or 1s to 8760h)`,
 				`17 vrrp.VI_1.garp_master_refresh: "1ns" is too short (0 for off, or 1s to 24h)`,
 				`18 vrrp.VI_1.notify_timeout: "2h" is too long (1ms to 1h)`}},
+		{"io", "[io]\nthreads = 2000\nbackend = \"poll\"\n" + route,
+			[]string{`2 io.threads: 2000 is too large (0-1024)`,
+				`3 io.backend: unknown key (allowed: threads)`}},
+		{"io threads negative", "[io]\nthreads = -1\n" + route,
+			[]string{`2 io.threads: -1 is too small (0-1024)`}},
 		{"mistyped addresses", "[admin]\naddress = \"127.0.0.300:8081\"\n[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.256:3306\", \"192.168.1.1000:3306\", \"db1.example.com:3306\"]\n",
 			[]string{`2 admin.address: "127.0.0.300:8081" is not a valid IP address`,
 				`6 routing.rw.destinations: "10.0.0.256:3306" is not a valid IP address`,
@@ -482,6 +487,21 @@ func dump(c *Config) string {
 
 // TestHealthMerge checks that [routing.NAME.health] overrides only the
 // keys it sets, and that the level default follows the merged user.
+// TestIOThreads: [io] threads sets the routes' event loops; unset, it is
+// 0, one per CPU.
+func TestIOThreads(t *testing.T) {
+	const route = "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n"
+	for src, want := range map[string]int{route: 0, "[io]\nthreads = 1\n" + route: 1, "[io]\nthreads = 0\n" + route: 0} {
+		c, err := Parse("t.toml", []byte(src))
+		if err != nil {
+			t.Fatalf("%q: %v", src, err)
+		}
+		if c.IO.Threads != want {
+			t.Errorf("%q: threads = %d, want %d", src, c.IO.Threads, want)
+		}
+	}
+}
+
 func TestHealthMerge(t *testing.T) {
 	src := `
 [health]

@@ -44,10 +44,11 @@ func (d *decoder) decode() *Config {
 
 	root := d.table(nil, d.root)
 	c := &Config{File: d.file}
-	for _, k := range []string{"global", "logger", "admin", "health", "routing", "vrrp"} {
+	for _, k := range []string{"global", "io", "logger", "admin", "health", "routing", "vrrp"} {
 		d.sections[k] = root.sub(k)
 	}
 	d.global(d.sections["global"], &c.Global)
+	d.io(d.sections["io"], &c.IO)
 	d.logger(d.sections["logger"], &c.Logger)
 	d.admin(d.sections["admin"], &c.Admin)
 	d.healthKeys(d.sections["health"], &c.Health)
@@ -103,6 +104,14 @@ func (d *decoder) global(t *table, g *Global) {
 	g.DrainTimeout, _ = t.durationIn("drain_timeout", time.Millisecond, 24*time.Hour, false)
 	t.done(nil)
 }
+
+func (d *decoder) io(t *table, io *IO) {
+	io.Threads, _ = t.integer("threads", 0, maxThreads, "")
+	t.done(nil)
+}
+
+// maxThreads bounds [io] threads, as MySQL Router does.
+const maxThreads = 1024
 
 func (d *decoder) logger(t *table, l *Logger) {
 	l.Level, _ = t.oneOf("level", "a level", "debug", "info", "warn", "error")

@@ -38,6 +38,7 @@ type hamrConfig struct {
 	Token     string        // [admin] token; the helpers send it
 	TokenFile string        // [admin] token_file, instead of Token
 	Drain     time.Duration // [global] drain_timeout; default 1s
+	Threads   int           // [io] threads; 0 leaves it out
 	Level     string        // health level: tcp, login or role; default login
 	Interval  time.Duration // health interval; default checkInterval
 	Health    string        // extra [health] lines
@@ -68,6 +69,9 @@ func (c hamrConfig) TOML() string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n", drain.String())
+	if c.Threads > 0 {
+		fmt.Fprintf(&b, "[io]\nthreads = %d\n\n", c.Threads)
+	}
 	fmt.Fprintf(&b, "[admin]\naddress = %q\n", c.Admin)
 	if c.Token != "" {
 		fmt.Fprintf(&b, "token = %q\n", c.Token)

@@ -570,3 +570,29 @@ func sessionOnGone(t *testing.T) (*hamrProc, hamrConfig, routeConfig, net.Conn) 
 	})
 	return h, cfg, rw, c
 }
+
+// TestIOThreads: [io] threads sets the routes' event loops at start; a
+// reload that changes it keeps the running routes as they are and says
+// that the change needs a restart.
+func TestIOThreads(t *testing.T) {
+	topo := Start(t, Options{Ports: freePorts(t, 1)})
+	ports := freePorts(t, 2)
+	r := routeConfig{Name: "rw", Port: ports[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
+	cfg := hamrConfig{Admin: Addr(ports[1]), Threads: 1, Routes: []routeConfig{r}}
+	h := startHamr(t, cfg)
+	if got := mustPortVia(t, Addr(r.Port)); got != topo.Servers[0].Port {
+		t.Fatalf("rw reaches %d, want %d", got, topo.Servers[0].Port)
+	}
+
+	cfg.Threads = 2
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if !h.logContains("[io] threads changed: it takes effect when hamr restarts") {
+		t.Errorf("no notice that the new [io] threads needs a restart:\n%s", h.log.tail(10))
+	}
+	if got := mustPortVia(t, Addr(r.Port)); got != topo.Servers[0].Port {
+		t.Fatalf("after the reload rw reaches %d, want %d", got, topo.Servers[0].Port)
+	}
+}

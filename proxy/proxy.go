@@ -34,6 +34,10 @@ type Config struct {
 	// CloseListenerWhenDown closes the listening socket while no
 	// destination is available and binds it again when one is.
 	CloseListenerWhenDown bool
+
+	// Loops is the number of event loops; 0 runs one per P (GOMAXPROCS),
+	// as HAProxy runs nbthread threads.
+	Loops int
 }
 
 // Options are a Route's collaborators. The zero value is usable.
@@ -286,7 +290,11 @@ func (r *Route) Start() error {
 	if err != nil {
 		return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
 	}
-	for range runtime.GOMAXPROCS(0) { // one loop per P, as HAProxy's nbthread
+	n := r.cfg.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for range n {
 		l, err := newLoop(r)
 		if err != nil {
 			ln.close()

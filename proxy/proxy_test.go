@@ -1119,3 +1119,33 @@ func TestHostnameDestination(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestLoops: Config.Loops sets how many event loops serve the route (0:
+// one per P), and the sessions are spread over them.
+func TestLoops(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	be := newBackend(t, echo)
+	for _, tc := range []struct{ loops, want int }{{0, 3}, {1, 1}, {2, 2}} {
+		rt := newRouting(t, routing.FirstAvailable, be.addr())
+		p := startRoute(t, Config{Loops: tc.loops}, rt, Options{})
+		if got := len(p.loops); got != tc.want {
+			t.Errorf("Loops %d: %d loops, want %d", tc.loops, got, tc.want)
+		}
+		for i := range 6 { // held open: a loop two sessions ahead hands the next one over
+			c := dialProxy(t, p)
+			if err := roundTrip(c, fmt.Sprint("session ", i)); err != nil {
+				t.Fatalf("Loops %d, session %d: %v", tc.loops, i, err)
+			}
+			defer c.Close()
+		}
+		busy := 0
+		for _, l := range p.loops {
+			if l.load.Load() > 0 {
+				busy++
+			}
+		}
+		if want := min(tc.want, 2); busy < want {
+			t.Errorf("Loops %d: %d loops serve the 6 sessions, want at least %d", tc.loops, busy, want)
+		}
+	}
+}

@@ -39,6 +39,8 @@ type daemon struct {
 	ctx    context.Context // lifetime of the daemon; cancelled by stop
 	cancel context.CancelFunc
 
+	threads int // [io] threads as at start: the routes' loops
+
 	mu     sync.Mutex // serialises start, reload and stop
 	cfg    *conf.Config
 	routes map[string]*route
@@ -290,6 +292,13 @@ func (d *daemon) preflight(cfg *conf.Config) error {
 // d.mu must be held.
 func (d *daemon) apply(cfg *conf.Config) error {
 	d.level.Set(logLevel(cfg.Logger.Level))
+	if d.cfg == nil {
+		d.threads = cfg.IO.Threads
+	} else if cfg.IO.Threads != d.threads {
+		// Routes would otherwise run with different numbers of loops
+		// depending on whether a reload replaced them.
+		d.log.Warn("[io] threads changed: it takes effect when hamr restarts", "running", d.threads, "file", cfg.IO.Threads)
+	}
 
 	want := make(map[string]*conf.Route, len(cfg.Routes))
 	for _, rc := range cfg.Routes {
@@ -446,6 +455,7 @@ func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 		ConnectTimeout:        rc.ConnectTimeout,
 		MaxConnections:        rc.MaxConnections,
 		CloseListenerWhenDown: rc.CloseListenerWhenDown,
+		Loops:                 d.threads,
 	}, rt, proxy.Options{
 		Logger:      d.log,
 		Metrics:     d.pm,
