@@ -101,7 +101,7 @@ type flow struct {
 	bulk     bool               // splicing rather than reading
 	blocked  bool               // dst is full: wait for its writable edge
 	eof      bool               // src ended and dst was shut down for writing
-	moved    bool               // bytes were delivered and flushed
+	heard    bool               // src has sent something
 	n        int64              // bytes delivered to dst, not yet added to bytes
 	bytes    prometheus.Counter // hamr_route_bytes_total of this direction
 }
@@ -109,19 +109,10 @@ type flow struct {
 // flush adds the bytes delivered since the last flush to f's counter,
 // so that the metric moves while a long session lasts.
 func (f *flow) flush() {
-	if f.n > 0 {
-		if f.bytes != nil {
-			f.bytes.Add(float64(f.n))
-		}
+	if f.n > 0 && f.bytes != nil {
+		f.bytes.Add(float64(f.n))
 		f.n = 0
-		f.moved = true
 	}
-}
-
-// silent reports whether f has carried nothing so far: no byte
-// delivered, none waiting in a buffer or a pipe.
-func (f *flow) silent() bool {
-	return !f.moved && f.n == 0 && len(f.pend) == 0 && f.inPipe == 0
 }
 
 // errPipeEmpty means the kernel lost track of a pipe's contents; it ends
@@ -192,6 +183,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 			if n == 0 {
 				return l.eof(s, f)
 			}
+			f.heard = true
 			f.inPipe = int(n)
 			if first && n < relayBufSize {
 				f.bulk = false // a small burst: read/write once it is out
@@ -212,6 +204,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 		if n == 0 {
 			return l.eof(s, f)
 		}
+		f.heard = true
 		w, err := write(f.dst, l.buf[:n])
 		if err != nil && err != unix.EAGAIN {
 			return err

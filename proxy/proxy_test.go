@@ -347,6 +347,49 @@ func TestServerClosesBeforeGreeting(t *testing.T) {
 	}
 }
 
+// TestClientResetAfterGreeting: a client that resets while the server's
+// greeting is on its way makes the write of the greeting fail. That is
+// the client's doing: the server is not marked down, and nothing is
+// dialed for the gone client.
+func TestClientResetAfterGreeting(t *testing.T) {
+	speak := make(chan struct{})
+	a := newBackend(t, func(c net.Conn) {
+		<-speak
+		io.WriteString(c, "a\n")
+		io.Copy(io.Discard, c)
+	})
+	b := newBackend(t, named("b"))
+	rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
+	p := startRoute(t, Config{ReadWrite: true, Loops: 1}, rt, Options{})
+	c := dialProxy(t, p)
+	eventually(t, "the session on a", func() bool { return equalInts(p.Sessions(), []int{1, 0}) })
+
+	// Hold the loop while the greeting arrives and the client resets, so
+	// that it reads the greeting before it sees the reset.
+	l := p.loops[0]
+	held, release := make(chan struct{}), make(chan struct{})
+	l.post(func(*loop) {
+		close(held)
+		<-release
+	})
+	<-held
+	close(speak)
+	time.Sleep(50 * time.Millisecond) // the greeting crosses loopback
+	c.SetLinger(0)
+	c.Close()
+	time.Sleep(50 * time.Millisecond) // and the reset
+	close(release)
+	eventually(t, "the session closed", func() bool { return equalInts(p.Sessions(), []int{0, 0}) })
+	l.call(func(*loop) {}) // whatever the loop would do next is done
+
+	if !rt.State()[0].Up || rt.Primary() != 0 {
+		t.Errorf("a client's reset marked the server down: up=%v, primary=%d", rt.State()[0].Up, rt.Primary())
+	}
+	if !rt.State()[1].Up {
+		t.Error("the next destination was dialed for a gone client, and marked down")
+	}
+}
+
 // TestServerClosesAfterSpeech: once anything has passed, a server's
 // close is the session's end: the client sees it, and the destination
 // stays up (a server may close a session it has greeted, or one whose
@@ -501,6 +544,9 @@ flip:
 		}
 		rt.SetUp(down, true)
 		check()
+		// A pause, or back-to-back moves close every session before its
+		// round trip and none is served.
+		time.Sleep(100 * time.Microsecond)
 	}
 	<-clients
 	t.Logf("%d sessions served during %d primary moves", served.Load(), flips)

@@ -462,12 +462,14 @@ func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
 // errSilentEOF is the server's EOF before its first byte.
 var errSilentEOF = errors.New("connection closed before the server's greeting")
 
-// unspoken reports whether nothing has passed either way in s, and the
-// client is still there: the server has not sent its greeting (MySQL's
-// server speaks first) and the client has sent nothing that would have
-// to be replayed. Such a client can still be sent to another server.
+// unspoken reports whether nothing has been read from either side of s,
+// and the client is still there: the server has not sent its greeting
+// (MySQL's server speaks first) and the client has sent nothing that
+// would have to be replayed. Such a client can still be sent to another
+// server. Once the server has spoken, an error on s2c may be the
+// client's (a write to a client that reset), never the server's fault.
 func (s *session) unspoken() bool {
-	return s.s2c.silent() && s.c2s.silent() && !s.c2s.eof
+	return !s.s2c.heard && !s.c2s.heard && !s.c2s.eof
 }
 
 // redial sends s's client on to the next destination after its server
@@ -488,7 +490,7 @@ func (l *loop) redial(s *session, err error) {
 	s.c2s.release()
 	s.s2c.release()
 	s.state = stateConnecting
-	l.dialFailed(s, &net.OpError{Op: "read", Net: "tcp", Addr: s.d.tcp, Err: err})
+	l.dialFailed(s, fmt.Errorf("read from %s: %w", s.pick.Addr, err))
 }
 
 // evNone is connected's event when no event reported the connection:
