@@ -222,8 +222,11 @@ func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
 	}
 	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 	if z := a.Zone(); z != "" {
+		// A zone is an interface's name or its index, as for Go's net.
 		if ifi, err := net.InterfaceByName(z); err == nil {
 			sa.ZoneId = uint32(ifi.Index)
+		} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+			sa.ZoneId = uint32(n)
 		}
 	}
 	return sa, unix.AF_INET6

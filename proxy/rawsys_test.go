@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"unsafe"
@@ -16,7 +18,11 @@ import (
 // must equal what toRawSockaddr builds from the parsed address,
 // including an IPv6 zone.
 func TestRawSockaddr(t *testing.T) {
-	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "[fe80::1%lo]:0"} {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "[fe80::1%lo]:0", fmt.Sprintf("[fe80::1%%%d]:0", lo.Index)} {
 		ln, err := listenTCP(addr)
 		if err != nil {
 			t.Fatal(err)
