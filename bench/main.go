@@ -57,6 +57,10 @@ type options struct {
 // always get the same number of threads.
 var threads = runtime.NumCPU()
 
+// loops is hamr's [io] threads, its event loops per route; 0 (the
+// default, hamr's own) runs one per P, as many as HAProxy's threads.
+var loops = 0
+
 var allWorkloads = []string{"bulk", "pointselect", "connrate", "idle", "failover"}
 
 // quickOptions is the smoke-run configuration: every workload once, tiny.
@@ -93,6 +97,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.foAfter, "failover-after", 5*time.Second, "load after the primary is killed")
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
 	fs.IntVar(&threads, "threads", runtime.NumCPU(), "hamr's GOMAXPROCS and HAProxy's nbthread")
+	fs.IntVar(&loops, "io-threads", 0, "hamr's [io] threads (event loops per route); 0: hamr's default, one per P")
 	fs.BoolVar(&o.noInstall, "no-install", false, "do not apt-get install missing tools")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, datadirs)")
 	fs.StringVar(&o.render, "render", "", "measure nothing: print FILE (a results.json) as Markdown")
@@ -135,6 +140,8 @@ func parseFlags(args []string) (options, error) {
 	switch {
 	case threads < 1 || threads > 1024:
 		return o, fmt.Errorf("-threads %d: want 1 to 1024", threads)
+	case loops < 0 || loops > 1024:
+		return o, fmt.Errorf("-io-threads %d: want 0 to 1024", loops)
 	case o.rounds < 1 || o.rounds > 20:
 		return o, fmt.Errorf("-rounds %d: want 1 to 20", o.rounds)
 	case o.bulkBytes < 1<<20 || o.bulkBytes > 100<<30:
@@ -791,6 +798,9 @@ func machineInfo() map[string]string {
 		"nproc":      fmt.Sprint(runtime.NumCPU()),
 		"go":         runtime.Version(),
 		"gomaxprocs": fmt.Sprint(threads), // hamr's, and HAProxy's nbthread
+	}
+	if loops > 0 {
+		m["io_threads"] = fmt.Sprint(loops)
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
