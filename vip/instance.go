@@ -22,13 +22,14 @@ import (
 type Options struct {
 	Logger  *slog.Logger // default slog.Default()
 	Metrics *Metrics     // may be nil
-	// OnLeaveMaster, if set, is called each time the instance stops being
-	// master (to backup, fault, or on stop), right before the VIPs are
-	// removed. Sessions that came in through a VIP cannot go on once it
-	// has moved: the daemon closes them here, while their FIN can still
-	// leave from the VIP. It runs on the instance's goroutine: keep it
-	// short.
-	OnLeaveMaster func()
+	// OnLeaveMaster, if set, is called twice each time the instance stops
+	// being master (to backup, fault, or on stop): right before the VIPs
+	// are removed (removed false), and right after (removed true).
+	// Sessions that came in through a VIP cannot go on once it has moved:
+	// the daemon closes them at the first call, while their FIN can still
+	// leave from the VIP, and at the second those of clients accepted in
+	// between. It runs on the instance's goroutine: keep it short.
+	OnLeaveMaster func(removed bool)
 	// NotifyAfter, if not nil, holds the instance's notify scripts until
 	// it is closed: give it the Done of the instance this one replaces
 	// (a reload restarted it), so that the scripts of both run one at a
@@ -67,7 +68,7 @@ type Instance struct {
 	deaf     atomic.Bool     // the socket fails: see read
 	done     chan struct{}   // closed when a started instance has stopped
 	resigned chan struct{}   // closed once it has resigned; scripts may still run
-	onLeave  func()          // Options.OnLeaveMaster
+	onLeave  func(bool)      // Options.OnLeaveMaster
 	after    <-chan struct{} // Options.NotifyAfter
 
 	mu        sync.Mutex
@@ -561,13 +562,17 @@ func (i *Instance) handle(m *machine, p rawPacket) {
 // order: addresses first when becoming master, removed first when leaving
 // it (after OnLeaveMaster); then the notify scripts.
 func (i *Instance) transition(v *vips, n *notifier, from, to State, prio int) {
-	if from == StateMaster && i.onLeave != nil {
+	leaving := from == StateMaster && i.onLeave != nil
+	if leaving {
 		// Sessions first: their FIN must leave from the VIP while it is
 		// still here, or their clients learn only at their next packet.
-		i.onLeave()
+		i.onLeave(false)
 	}
 	if to != StateMaster {
 		v.remove() // also retries an address an earlier removal left
+	}
+	if leaving {
+		i.onLeave(true) // clients accepted through the VIP meanwhile
 	}
 	cfg := i.cfg
 	switch to {

@@ -206,20 +206,29 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func hasAddr(t *testing.T, h *netlink.Handle, ifname string, ip netip.Addr) bool {
 	t.Helper()
-	link, err := h.LinkByName(ifname)
+	held, err := addrHeld(h, ifname, ip)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return held
+}
+
+// addrHeld reports whether ifname has ip, for any goroutine.
+func addrHeld(h *netlink.Handle, ifname string, ip netip.Addr) (bool, error) {
+	link, err := h.LinkByName(ifname)
+	if err != nil {
+		return false, err
 	}
 	list, err := h.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
-		t.Fatal(err)
+		return false, err
 	}
 	for _, a := range list {
 		if got, _ := netip.AddrFromSlice(a.IP.To4()); got == ip {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 func testConfig(name, ifname string, prio int, vip netip.Prefix) *conf.VRRP {
@@ -292,8 +301,30 @@ func TestInstanceFailover(t *testing.T) {
 	cfgB := testConfig("VI_B", l.ifB, 100, vip)
 
 	regA := prometheus.NewRegistry()
-	var left atomic.Int32 // times a stopped being master
-	a := start(t, l.nsA, cfgA, regA, func(o *Options) { o.OnLeaveMaster = func() { left.Add(1) } })
+	var (
+		left     atomic.Int32 // calls of OnLeaveMaster
+		heldVIP  atomic.Int32 // calls that found the VIP still on a's interface
+		misorder atomic.Int32 // calls whose removed flag disagreed with the interface
+	)
+	a := start(t, l.nsA, cfgA, regA, func(o *Options) {
+		o.OnLeaveMaster = func(removed bool) {
+			left.Add(1)
+			// Its own handle: the callback runs on the instance's goroutine.
+			h, err := netlink.NewHandleAt(l.nsA)
+			if err != nil {
+				misorder.Add(1)
+				return
+			}
+			defer h.Close()
+			held, err := addrHeld(h, l.ifA, vip.Addr())
+			if held {
+				heldVIP.Add(1)
+			}
+			if err != nil || held == removed {
+				misorder.Add(1)
+			}
+		}
+	})
 	b := start(t, l.nsB, cfgB, prometheus.NewRegistry())
 
 	waitFor(t, "a MASTER and b BACKUP", func() bool {
@@ -338,8 +369,11 @@ func TestInstanceFailover(t *testing.T) {
 		t.Fatalf("OnLeaveMaster called %d times while a is master", n)
 	}
 	a.stop(t)
-	if n := left.Load(); n != 1 {
-		t.Errorf("OnLeaveMaster called %d times on a graceful stop of the master, want 1", n)
+	if n, held := left.Load(), heldVIP.Load(); n != 2 || held != 1 {
+		t.Errorf("OnLeaveMaster called %d times on a graceful stop of the master, %d with the VIP still held; want 2, once before and once after its removal", n, held)
+	}
+	if n := misorder.Load(); n != 0 {
+		t.Errorf("OnLeaveMaster's removed flag disagreed with the interface %d times", n)
 	}
 	if st := a.Status().State; st != "STOPPED" {
 		t.Errorf("a state after Start = %s", st)

@@ -837,7 +837,7 @@ func (d *daemon) watchWriters(ctx context.Context, r *route, checkers []*health.
 // script: the new one's scripts wait for it, so that they run in the
 // order of the transitions.
 func (d *daemon) startVRRP(vc *conf.VRRP, after <-chan struct{}) error {
-	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func() { d.releasedVIPs(vc) }, NotifyAfter: after})
+	in, err := vip.New(vc, vip.Options{Logger: d.log, Metrics: d.vm, OnLeaveMaster: func(bool) { d.releasedVIPs(vc) }, NotifyAfter: after})
 	if err != nil {
 		return privileges(err)
 	}
