@@ -447,15 +447,21 @@ func (l *loop) closeAll() {
 	}
 }
 
+// closeWhere closes the loop's sessions, open or being connected, that
+// match.
+func (l *loop) closeWhere(match func(*session) bool) {
+	for _, s := range l.table {
+		if s != nil && s.state != stateClosed && match(s) {
+			l.closeSession(s)
+		}
+	}
+}
+
 // dropConnecting closes the clients still being connected that came
 // before generation gen (see Route.CloseSessions). A dial on its own
 // goroutine comes back to a closed session and is closed then.
 func (l *loop) dropConnecting(gen uint64) {
-	for _, s := range l.table {
-		if s != nil && s.state == stateConnecting && s.gen < gen {
-			l.closeSession(s)
-		}
-	}
+	l.closeWhere(func(s *session) bool { return s.state == stateConnecting && s.gen < gen })
 }
 
 // release frees the loop's descriptors when it ends.

@@ -443,10 +443,16 @@ func (r *Route) CloseSessions() int {
 func (r *Route) CloseSessionsTo(addrs []netip.Addr) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := r.closeOpen(func(s *session) bool {
+	to := func(s *session) bool {
 		a, ok := s.localAddr()
 		return ok && slices.Contains(addrs, a)
-	})
+	}
+	n := r.closeOpen(to)
+	// Clients still being connected, and sessions that opened since,
+	// are the loops' to find.
+	for _, l := range r.loops {
+		l.post(func(l *loop) { l.closeWhere(to) })
+	}
 	if n > 0 {
 		r.log.Warn("sessions closed", "sessions", n, "addresses", addrs)
 	}

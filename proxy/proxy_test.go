@@ -1077,6 +1077,37 @@ func TestCloseSessionsDuringDial(t *testing.T) {
 // dialed by the loop itself (here one that never answers the SYN) is
 // closed by CloseSessions at once, not when connect_timeout ends the
 // dial, and the destination is not marked down for a dial given up.
+// TestCloseSessionsToDuringDial: a client that came through the address
+// being released and is still being connected is dropped too, at once,
+// not after connect_timeout; one that came through another address is
+// not.
+func TestCloseSessionsToDuringDial(t *testing.T) {
+	hang := loopback.Hanging(t, 0)
+	rt := newRouting(t, routing.RoundRobin, hang)
+	p := startRoute(t, Config{Addr: "0.0.0.0:0", ConnectTimeout: time.Minute}, rt, Options{})
+	_, port, _ := net.SplitHostPort(p.Addr())
+	dial := func(host string) net.Conn {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	viaVIP, other := dial("127.0.0.2"), dial("127.0.0.1")
+	waitSynSent(t, hang, 2)
+	if n := p.CloseSessionsTo([]netip.Addr{netip.MustParseAddr("127.0.0.2")}); n != 0 {
+		t.Fatalf("CloseSessionsTo = %d, want 0 (both clients are still being connected)", n)
+	}
+	wantClosed(t, viaVIP) // within 10 s, against a minute of connect_timeout
+	waitSynSent(t, hang, 1)
+	other.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := other.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the client through another address: %v, want it still waiting for its server", err)
+	}
+	p.CloseSessions() // it would wait a minute, and hold the shutdown
+}
+
 func TestCloseSessionsDuringLoopDial(t *testing.T) {
 	hang := loopback.Hanging(t, 0)
 	be := newBackend(t, named("b"))
