@@ -1073,10 +1073,6 @@ func TestCloseSessionsDuringDial(t *testing.T) {
 	}
 }
 
-// TestCloseSessionsDuringLoopDial: a client whose destination is being
-// dialed by the loop itself (here one that never answers the SYN) is
-// closed by CloseSessions at once, not when connect_timeout ends the
-// dial, and the destination is not marked down for a dial given up.
 // TestCloseSessionsToDuringDial: a client that came through the address
 // being released and is still being connected is dropped too, at once,
 // not after connect_timeout; one that came through another address is
@@ -1108,6 +1104,10 @@ func TestCloseSessionsToDuringDial(t *testing.T) {
 	p.CloseSessions() // it would wait a minute, and hold the shutdown
 }
 
+// TestCloseSessionsDuringLoopDial: a client whose destination is being
+// dialed by the loop itself (here one that never answers the SYN) is
+// closed by CloseSessions at once, not when connect_timeout ends the
+// dial, and the destination is not marked down for a dial given up.
 func TestCloseSessionsDuringLoopDial(t *testing.T) {
 	hang := loopback.Hanging(t, 0)
 	be := newBackend(t, named("b"))
