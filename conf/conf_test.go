@@ -681,6 +681,14 @@ func TestLoadAdmin(t *testing.T) {
 	if a, err := LoadAdmin(write("dotted.toml", dotted)); err != nil || a.Address != "127.0.0.1:9903" {
 		t.Errorf("LoadAdmin with admin.address as a dotted key and a syntax error elsewhere: %+v, %v; want 127.0.0.1:9903", a, err)
 	}
+	for name, src := range map[string]string{
+		"spaced.toml": "admin . address = \"127.0.0.1:9904\"\n\n[routing.rw]\nbind_address = 0.0.0.0\n",
+		"inline.toml": "admin = { address = \"127.0.0.1:9904\", token = \"t\" }\n\n[routing.rw]\nbind_address = 0.0.0.0\n",
+	} {
+		if a, err := LoadAdmin(write(name, src)); err != nil || a.Address != "127.0.0.1:9904" {
+			t.Errorf("LoadAdmin with %q and a syntax error elsewhere: %+v, %v; want 127.0.0.1:9904", src, a, err)
+		}
+	}
 	_, err = LoadAdmin(write("inside.toml", "[routing.rw]\nbind_port = 1\n\n[admin]\naddress = 127.0.0.1\n"))
 	if err == nil || !strings.Contains(err.Error(), ":5:") {
 		t.Errorf("LoadAdmin with a syntax error in [admin]: %v; want it reported at line 5", err)

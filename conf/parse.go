@@ -65,7 +65,9 @@ func LoadAdmin(path string) (Admin, error) {
 
 // adminOnly returns data with every line that does not set [admin]
 // blanked, so that line numbers stay those of the file: the [admin]
-// table, and top-level dotted keys (admin.address = …) before any table.
+// table, and top-level keys before any table that set it, dotted
+// (admin.address = …, spaces around the dot allowed) or as an inline
+// table (admin = { … }, which TOML keeps on one line).
 func adminOnly(data []byte) []byte {
 	lines := strings.Split(string(data), "\n")
 	in, top := false, true
@@ -78,7 +80,8 @@ func adminOnly(data []byte) []byte {
 			top = false
 		}
 		key, _, _ := strings.Cut(t, "=")
-		dotted := top && strings.HasPrefix(strings.TrimSpace(key), "admin.")
+		key = strings.Join(strings.Fields(key), "") // "admin . address"
+		dotted := top && (strings.HasPrefix(key, "admin.") || key == "admin")
 		if !in && !dotted {
 			lines[i] = ""
 		}
