@@ -777,7 +777,7 @@ func (e *env) runFailover(ctx context.Context, round int) error {
 		if !r.onBackup {
 			e.rep.errorf("%s %s: the last successful query was not served by B", wl, kind)
 		}
-		gap := float64(r.maxGap) / float64(time.Millisecond)
+		gap := ms(r.maxGap)
 		e.rep.add(metricDef{Workload: wl, Metric: "client errors", Unit: "count", Lower: true}, kind, float64(r.errors))
 		e.rep.add(metricDef{Workload: wl, Metric: "longest gap", Unit: "ms", Lower: true, Goal: true}, kind, gap)
 		e.logf("%-22s %-8s %d errors, longest gap %.1f ms, A reaped after %.1f ms, first on B after %.1f ms, %d queries",

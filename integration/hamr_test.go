@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/hamr-project/hamr/internal/logbuf"
 )
 
 // Health settings the tests use unless they say otherwise: fast enough that
@@ -186,6 +188,16 @@ func (h *hamrProc) writeConfig(cfg hamrConfig) {
 		cfg.Token = h.Token
 	}
 	h.writeFile(cfg.TOML())
+}
+
+// reload writes cfg and reloads it with `hamr ctl reload`; the reload
+// must succeed. t is the (sub)test asking.
+func (h *hamrProc) reload(t testing.TB, cfg hamrConfig) {
+	t.Helper()
+	h.writeConfig(cfg)
+	if out, err := h.ctl("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
 }
 
 func (h *hamrProc) writeFile(text string) {
@@ -474,22 +486,8 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// lockedBuffer is hamr's output, as the tests read it.
+type lockedBuffer struct{ logbuf.Buffer }
 
 func (b *lockedBuffer) tail(n int) string { return lastLines([]byte(b.String()), n) }
 

@@ -95,10 +95,7 @@ func TestReload(t *testing.T) {
 		extra := routeConfig{Name: "extra", Port: freePorts(t, 1)[0], Mode: "read-write", Dests: []string{topo.Addr(0)}}
 		ro2 := ro
 		ro2.Dests = []string{topo.Addr(2)}
-		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2, extra}})
-		if _, err := h.ctl("reload"); err != nil {
-			t.Fatal(err)
-		}
+		h.reload(t, hamrConfig{Routes: []routeConfig{rw, ro2, extra}})
 		if got, err := portVia(ctx, Addr(extra.Port)); err != nil || got != p0 {
 			t.Errorf("new route after reload: port %d, %v; want %d", got, err, p0)
 		}
@@ -136,10 +133,7 @@ func TestReload(t *testing.T) {
 		// loses its series once the old route has drained.
 		extra2 := extra
 		extra2.Dests = []string{topo.Addr(2)}
-		h.writeConfig(hamrConfig{Routes: []routeConfig{rw, ro2, extra2}})
-		if _, err := h.ctl("reload"); err != nil {
-			t.Fatal(err)
-		}
+		h.reload(t, hamrConfig{Routes: []routeConfig{rw, ro2, extra2}})
 		if got, err := portVia(ctx, Addr(extra.Port)); err != nil || got != p2 {
 			t.Errorf("changed extra route: port %d, %v; want %d", got, err, p2)
 		}
@@ -161,10 +155,7 @@ func TestReload(t *testing.T) {
 		// they were, and the session there is not cut.
 		rw2 := rw
 		rw2.Extra = "max_connections = 999\n"
-		h.writeConfig(hamrConfig{Routes: []routeConfig{rw2, ro}})
-		if _, err := h.ctl("reload"); err != nil {
-			t.Fatal(err)
-		}
+		h.reload(t, hamrConfig{Routes: []routeConfig{rw2, ro}})
 		if got := mustPortVia(t, rwAddr); got != p1 {
 			t.Errorf("replaced rw route reaches %d, want its sticky primary %d", got, p1)
 		}
@@ -175,10 +166,7 @@ func TestReload(t *testing.T) {
 		// closed at once, not drained beside writes to the new primary.
 		rw3 := rw2
 		rw3.Dests = []string{topo.Addr(0), topo.Addr(2)}
-		h.writeConfig(hamrConfig{Routes: []routeConfig{rw3, ro}})
-		if _, err := h.ctl("reload"); err != nil {
-			t.Fatal(err)
-		}
+		h.reload(t, hamrConfig{Routes: []routeConfig{rw3, ro}})
 		if got := mustPortVia(t, rwAddr); got != p0 {
 			t.Errorf("rw route without its old primary reaches %d, want %d", got, p0)
 		}
@@ -267,10 +255,7 @@ func TestReloadWhileStopping(t *testing.T) {
 func TestSecondSignalCutsRemovedRouteDrain(t *testing.T) {
 	h, cfg, rw, c := sessionOnGone(t)
 	cfg.Routes = []routeConfig{rw}
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	if rs, err := h.route("gone"); err != nil || !rs.Draining || rs.Listening || rs.Sessions != 1 {
 		t.Errorf("removed route in /status: %+v, %v; want it draining, not listening, with its 1 session", rs, err)
 	}
@@ -313,10 +298,7 @@ func TestReloadHealthKeepsHysteresis(t *testing.T) {
 
 	closingServer(t, a)
 	cfg.Routes[0].Extra = slow + "timeout = \"900ms\"\n"
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	if !h.logContains("route health settings changed") {
 		t.Fatalf("the reload did not restart the checks:\n%s", h.log.tail(10))
 	}
@@ -351,10 +333,7 @@ func TestReloadFallbackReplaced(t *testing.T) {
 	}
 
 	cfg.Routes[0].Dests = []string{topo.Addr(2), topo.Addr(0)} // rw replaced; its primary stays server 0
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	time.Sleep(2 * time.Second) // past the replaced rw route's drain_timeout (1s)
 	if got, err := open.port(ctx); err != nil || got != p1 {
 		t.Errorf("open ro session after rw was replaced: port %d, %v; want it kept on %d", got, err, p1)
@@ -437,10 +416,7 @@ func TestRemovedRouteStaysQuiet(t *testing.T) {
 	// rw replaced; the new one keeps the primary (hang), and the old one
 	// drains with the client, whose dial goes on.
 	cfg.Routes[0].Extra = "max_connections = 99\n"
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	before, err := h.metric("hamr_route_primary_moves_total", "route", "rw")
 	if err != nil {
 		t.Fatal(err)
@@ -468,10 +444,7 @@ func TestRemovedRouteStaysQuiet(t *testing.T) {
 func TestReloadNewDrainTimeout(t *testing.T) {
 	h, cfg, rw, c := sessionOnGone(t)
 	cfg.Routes, cfg.Drain = []routeConfig{rw}, time.Second
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	if rs, err := h.route("gone"); err != nil || !rs.Draining || rs.Sessions != 1 {
 		t.Fatalf("removed route right after the reload: %+v, %v; want it draining its 1 session", rs, err)
 	}
@@ -499,17 +472,11 @@ func TestReloadRemoveReAdd(t *testing.T) {
 	open := stickyOnSecond(t, topo, h, "rw", rwAddr)
 
 	ro.Extra = "" // no fallback while rw is gone
-	h.writeConfig(hamrConfig{Drain: time.Minute, Routes: []routeConfig{ro}})
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload without rw: %v\n%s", err, out)
-	}
+	h.reload(t, hamrConfig{Drain: time.Minute, Routes: []routeConfig{ro}})
 	if got, err := open.port(ctx); err != nil || got != p1 {
 		t.Fatalf("draining session: port %d, %v; want it still on %d", got, err, p1)
 	}
-	h.writeConfig(hamrConfig{Drain: time.Minute, Routes: []routeConfig{rw, ro}})
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload adding rw back: %v\n%s", err, out)
-	}
+	h.reload(t, hamrConfig{Drain: time.Minute, Routes: []routeConfig{rw, ro}})
 	if got := mustPortVia(t, rwAddr); got != p0 {
 		t.Errorf("rw added back reaches %d, want its first destination %d", got, p0)
 	}
@@ -585,10 +552,7 @@ func TestIOThreads(t *testing.T) {
 	}
 
 	cfg.Threads = 2
-	h.writeConfig(cfg)
-	if out, err := h.ctl("reload"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	h.reload(t, cfg)
 	if !h.logContains("[io] threads changed: it takes effect when hamr restarts") {
 		t.Errorf("no notice that the new [io] threads needs a restart:\n%s", h.log.tail(10))
 	}

@@ -96,10 +96,7 @@ func TestSplitBrain(t *testing.T) {
 	}
 	defer topo.Exec(ctx, 1, "SET GLOBAL read_only = ON")
 	h.waitMetric(2, 10*time.Second, writable, "route", "rw")
-	h.writeConfig(hamrConfig{Level: "login", Routes: []routeConfig{rw, ro}})
-	if _, err := h.ctl("reload"); err != nil {
-		t.Fatal(err)
-	}
+	h.reload(t, hamrConfig{Level: "login", Routes: []routeConfig{rw, ro}})
 	waitFor(t, 5*time.Second, writable+" gone after the reload to login checks", func() (bool, error) {
 		m, err := h.metrics()
 		return err == nil && !hasSeries(m, series(writable, "route", "rw")), err

@@ -26,12 +26,10 @@ const childEnv = "HAMR_PROXY_EMFILE_BACKEND"
 // TestEMFILEChild is the proxy process of TestAcceptSurvivesRealEMFILE. It
 // does nothing unless started by that test.
 func TestEMFILEChild(t *testing.T) {
-	be := os.Getenv(childEnv)
-	if be == "" {
+	p, rt, in, ok := startChild(t, childEnv)
+	if !ok {
 		return
 	}
-	p, rt := startChild(t, be)
-	in := bufio.NewReader(os.Stdin)
 	if line, _ := in.ReadString('\n'); line != "fill\n" {
 		t.Fatalf("parent said %q", line)
 	}
@@ -57,9 +55,15 @@ func TestEMFILEChild(t *testing.T) {
 	}
 }
 
-// startChild starts the proxy of a child process: a route to be that logs
-// to stdout, where the parent reads its address.
-func startChild(t *testing.T, be string) (*Route, *routing.Route) {
+// startChild starts the proxy of a child process: a route to the
+// backend named by env that logs to stdout, where the parent reads its
+// address; the parent's commands come on the returned reader. ok is
+// false when env is unset: the test runs as itself, not as a child.
+func startChild(t *testing.T, env string) (*Route, *routing.Route, *bufio.Reader, bool) {
+	be := os.Getenv(env)
+	if be == "" {
+		return nil, nil, nil, false // not started by the parent test
+	}
 	rt, err := routing.New("emfile", routing.FirstAvailable, []string{be}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +74,7 @@ func startChild(t *testing.T, be string) (*Route, *routing.Route) {
 		t.Fatal(err)
 	}
 	fmt.Printf("\naddr %s\n", p.Addr())
-	return p, rt
+	return p, rt, bufio.NewReader(os.Stdin), true
 }
 
 // fillDescriptors lowers RLIMIT_NOFILE to just above the highest open
@@ -202,12 +206,10 @@ const oneFreeEnv = "HAMR_PROXY_ONE_FREE_BACKEND"
 // TestOneFreeChild is the proxy process of TestDialShortagePauses. It
 // does nothing unless started by that test.
 func TestOneFreeChild(t *testing.T) {
-	be := os.Getenv(oneFreeEnv)
-	if be == "" {
+	p, _, in, ok := startChild(t, oneFreeEnv)
+	if !ok {
 		return
 	}
-	p, _ := startChild(t, be)
-	in := bufio.NewReader(os.Stdin)
 	in.ReadString('\n')
 	filler, err := fillDescriptors()
 	if err != nil {

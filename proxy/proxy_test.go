@@ -143,7 +143,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 		t.Errorf("accept called %d times, want the 5 failures retried", n)
 	}
 	if n := logs.count("accept failed"); n != 1 {
-		t.Errorf("logged %d accept failures for one burst, want 1:\n%s", n, logs.buf.String())
+		t.Errorf("logged %d accept failures for one burst, want 1:\n%s", n, logs.String())
 	}
 	if n := logs.count("accept recovered"); n != 1 {
 		t.Errorf("logged %d recoveries, want 1", n)
@@ -277,16 +277,7 @@ func TestFailoverOnDialError(t *testing.T) {
 					downOK = !p.Route.State()[p.Index].Up
 				},
 			})
-			c := dialProxy(t, p)
-			if name, err := readLine(c); err != nil || name != "b" {
-				t.Fatalf("first client reached %q (%v), want b", name, err)
-			}
-			if err := roundTrip(c, "ping"); err != nil {
-				t.Fatal(err)
-			}
-			if got := rt.Primary(); got != 1 {
-				t.Errorf("primary = %d, want 1", got)
-			}
+			wantFailedOver(t, p, rt, m, bad)
 			mu.Lock()
 			if len(picks) != 1 || picks[0].Index != 0 || picks[0].Route != rt {
 				t.Errorf("OnDialError picks = %+v, want one for index 0", picks)
@@ -295,13 +286,30 @@ func TestFailoverOnDialError(t *testing.T) {
 				t.Error("OnDialError ran before the destination was marked down")
 			}
 			mu.Unlock()
-			if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
-				t.Errorf("Sessions() = %v, want [0 1]", got)
-			}
-			if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", bad)); v != 1 {
-				t.Errorf("dial errors for %s = %v, want 1", bad, v)
-			}
 		})
+	}
+}
+
+// wantFailedOver checks that a client of p, route "rw" over [bad, b],
+// reaches b (a named("b") backend) and stays there: b is the primary,
+// the session is counted on b, and bad has one failed dial.
+func wantFailedOver(t *testing.T, p *Route, rt *routing.Route, m *Metrics, bad string) {
+	t.Helper()
+	c := dialProxy(t, p)
+	if name, err := readLine(c); err != nil || name != "b" {
+		t.Fatalf("client reached %q (%v), want b", name, err)
+	}
+	if err := roundTrip(c, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rt.Primary(); got != 1 {
+		t.Errorf("primary = %d, want 1", got)
+	}
+	if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
+		t.Errorf("Sessions() = %v, want [0 1]", got)
+	}
+	if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", bad)); v != 1 {
+		t.Errorf("dial errors for %s = %v, want 1", bad, v)
 	}
 }
 
@@ -324,24 +332,9 @@ func TestServerClosesBeforeGreeting(t *testing.T) {
 			rt := newRouting(t, routing.FirstAvailable, a.addr(), b.addr())
 			m := NewMetrics(prometheus.NewRegistry())
 			p := startRoute(t, Config{Name: "rw", ReadWrite: true}, rt, Options{Metrics: m})
-			c := dialProxy(t, p)
-			if name, err := readLine(c); err != nil || name != "b" {
-				t.Fatalf("client reached %q (%v), want b", name, err)
-			}
-			if err := roundTrip(c, "ping"); err != nil {
-				t.Fatal(err)
-			}
-			if got := rt.Primary(); got != 1 {
-				t.Errorf("primary = %d, want 1", got)
-			}
+			wantFailedOver(t, p, rt, m, a.addr())
 			if rt.State()[0].Up {
 				t.Error("the silent destination is still up")
-			}
-			if got := p.Sessions(); !equalInts(got, []int{0, 1}) {
-				t.Errorf("Sessions() = %v, want [0 1]", got)
-			}
-			if v := testutil.ToFloat64(m.dialErrs.WithLabelValues("rw", a.addr())); v != 1 {
-				t.Errorf("dial errors for %s = %v, want 1", a.addr(), v)
 			}
 		})
 	}
@@ -834,7 +827,7 @@ func TestCloseListenerWhenDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	if logs.count("listener closed") != 1 || logs.count("listening again") != 1 {
-		t.Errorf("close/reopen not logged once each:\n%s", logs.buf.String())
+		t.Errorf("close/reopen not logged once each:\n%s", logs.String())
 	}
 }
 

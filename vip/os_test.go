@@ -10,11 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hamr-project/hamr/conf"
+	"github.com/hamr-project/hamr/internal/logbuf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -78,7 +78,7 @@ func TestNotifierBackgroundChild(t *testing.T) {
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs logbuf.Buffer
 	n := newNotifier(slog.New(slog.NewTextHandler(&logs, nil)), 10*time.Second)
 	done := make(chan struct{})
 	go func() { n.run(context.Background()); close(done) }()
@@ -115,24 +115,6 @@ func TestNotifierTimeoutKillsGroup(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("a process the timed-out script started ran on after notify_timeout")
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger and a test to share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestMetricsRegisterTwice(t *testing.T) {
