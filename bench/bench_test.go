@@ -102,6 +102,25 @@ func TestQuickFlags(t *testing.T) {
 	}
 }
 
+// TestFlagErrors: a value out of range is refused, naming what is wrong.
+func TestFlagErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-rounds", "0"}, "-rounds 0"},
+		{[]string{"-failover-kills", "0"}, "-failover-kills 0"},
+		{[]string{"-failover-kills", "21"}, "-failover-kills 21"},
+		{[]string{"-failover-after", "0s"}, "-failover-after 0s"},
+		{[]string{"-contenders", "hamr,nginx"}, `"nginx"`},
+		{[]string{"-workloads", "bulk,tpcc"}, `"tpcc"`},
+	} {
+		if _, err := parseFlags(c.args); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err = %v, want one with %q", c.args, err, c.want)
+		}
+	}
+}
+
 func TestConfigs(t *testing.T) {
 	routes := []route{
 		{name: "bulk", port: 7001, dests: []string{"127.0.0.1:9000"}},

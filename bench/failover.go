@@ -19,6 +19,10 @@ type failoverResult struct {
 	maxGap   time.Duration // longest time without any successful query
 	onBackup bool          // the last successful query was served by B
 	firstOnB time.Duration // from the kill to the first query served by B
+	// From the first client error after the kill (the proxy passing A's
+	// end on) to the first query served by B: the proxy's own part of
+	// the gap, a reconnect and a login. Zero if either was not seen.
+	recovery time.Duration
 	// From the kill until A was reaped. The longest gap cannot be much
 	// shorter: the kernel frees a SIGKILLed server's memory before it
 	// closes its sockets, and no proxy can move a client before that.
@@ -66,6 +70,7 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 		lastPort string
 		killedAt time.Time
 		firstOnB time.Duration
+		firstErr time.Time // the first failed query or connect after the kill
 		ok, bad  atomic.Int64
 		wg       sync.WaitGroup
 	)
@@ -83,6 +88,14 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 			firstOnB = now.Sub(killedAt)
 		}
 	}
+	failed := func() {
+		bad.Add(1)
+		mu.Lock()
+		if !killedAt.IsZero() && firstErr.IsZero() {
+			firstErr = time.Now()
+		}
+		mu.Unlock()
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	for range workers {
@@ -95,7 +108,7 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 				if err != nil {
 					cancel()
 					if runCtx.Err() == nil {
-						bad.Add(1)
+						failed()
 					}
 					time.Sleep(5 * time.Millisecond)
 					continue
@@ -104,7 +117,7 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 					port, err := queryOne(qctx, conn, "SELECT @@port")
 					if err != nil {
 						if runCtx.Err() == nil {
-							bad.Add(1)
+							failed()
 						}
 						break
 					}
@@ -138,7 +151,12 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 	if !lastOK.IsZero() && end.Sub(lastOK) > maxGap {
 		maxGap = end.Sub(lastOK)
 	}
+	var recovery time.Duration
+	if onB := killedAt.Add(firstOnB); firstOnB > 0 && !firstErr.IsZero() && onB.After(firstErr) {
+		recovery = onB.Sub(firstErr)
+	}
 	r := failoverResult{
+		recovery: recovery,
 		ok:       ok.Load(),
 		errors:   bad.Load(),
 		maxGap:   maxGap,

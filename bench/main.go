@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,6 +46,7 @@ type options struct {
 	idleSettle   time.Duration
 	foWarm       time.Duration
 	foAfter      time.Duration
+	foKills      int
 	hamrBin      string
 	src          string
 	noInstall    bool
@@ -73,7 +75,8 @@ func quickOptions(o options) options {
 	o.connTime = time.Second
 	o.idleSessions = 200
 	o.foWarm = 700 * time.Millisecond
-	o.foAfter = 3 * time.Second
+	o.foAfter = 2 * time.Second
+	o.foKills = 1
 	return o
 }
 
@@ -93,8 +96,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.connTime, "conn-time", 5*time.Second, "duration of each connection-rate run")
 	fs.IntVar(&o.idleSessions, "idle", 10000, "idle sessions to open")
 	fs.DurationVar(&o.idleSettle, "idle-settle", time.Second, "wait after opening idle sessions before weighing the proxy")
-	fs.DurationVar(&o.foWarm, "failover-warm", 2*time.Second, "load before the primary is killed")
-	fs.DurationVar(&o.foAfter, "failover-after", 5*time.Second, "load after the primary is killed")
+	fs.DurationVar(&o.foWarm, "failover-warm", time.Second, "load before the primary is killed")
+	fs.DurationVar(&o.foAfter, "failover-after", 2*time.Second, "load after the primary is killed")
+	fs.IntVar(&o.foKills, "failover-kills", 3, "primaries killed per round under each proxy; the round keeps the medians")
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
 	fs.IntVar(&threads, "threads", runtime.NumCPU(), "hamr's GOMAXPROCS and HAProxy's nbthread")
 	fs.IntVar(&loops, "io-threads", 0, "hamr's [io] threads (event loops per route); 0: hamr's default, one per P")
@@ -119,6 +123,7 @@ func parseFlags(args []string) (options, error) {
 			"idle":           func() { o.idleSessions = q.idleSessions },
 			"failover-warm":  func() { o.foWarm = q.foWarm },
 			"failover-after": func() { o.foAfter = q.foAfter },
+			"failover-kills": func() { o.foKills = q.foKills },
 		} {
 			if !set[name] {
 				take()
@@ -156,6 +161,10 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-idle-settle %v: want 0 to 1m", o.idleSettle)
 	case o.connTime <= 0 || o.connTime > 10*time.Minute:
 		return o, fmt.Errorf("-conn-time %v: want up to 10m", o.connTime)
+	case o.foKills < 1 || o.foKills > 20:
+		return o, fmt.Errorf("-failover-kills %d: want 1 to 20", o.foKills)
+	case o.foWarm <= 0 || o.foWarm > time.Minute || o.foAfter <= 0 || o.foAfter > time.Minute:
+		return o, fmt.Errorf("-failover-warm %v, -failover-after %v: want up to 1m each", o.foWarm, o.foAfter)
 	}
 	return o, nil
 }
@@ -741,52 +750,91 @@ func (e *env) idleOnce(ctx context.Context, kind string, round, n int) (idleResu
 	return measureIdle(ctx, px.routes["idle"], px.pid(), e.idle, n, e.o.idleSettle)
 }
 
-// runFailover measures each proxy once: a fresh instance routes to A then
-// B; A is killed under load and restarted afterwards.
+// runFailover kills A under each proxy -failover-kills times, the
+// proxies taking turns, each time through a fresh instance with A
+// restarted; the round keeps each proxy's medians, so that one kill
+// the kernel made slow (see failoverResult.death) does not decide it.
 func (e *env) runFailover(ctx context.Context, round int) error {
 	const wl = "failover (kill primary)"
-	for _, kind := range rotated(e.proxyKinds(), round) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if e.foA.proc == nil || e.foA.proc.exited() {
-			if err := e.foA.start(); err != nil {
-				return fmt.Errorf("restart %s: %w", e.foA.name, err)
+	kinds := e.proxyKinds()
+	got := make(map[string][]failoverResult)
+	for k := range e.o.foKills {
+		for _, kind := range rotated(kinds, round+k) {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-		}
-		rs := []route{{name: "fo", dests: []string{e.foA.addr(), e.foB.addr()}, mysql: true, failover: true}}
-		px, err := startProxy(kind, e.hamrBin, filepath.Join(e.tmp, fmt.Sprintf("%s-fo-%d", kind, round)), rs)
-		if err != nil {
-			e.rep.errorf("%s round %d: %v", wl, round, err)
-			continue
-		}
-		addr := px.routes["fo"]
-		if err := waitServedBy(ctx, addr, e.foA.port, 10*time.Second); err != nil {
-			e.rep.errorf("%s %s: %v", wl, kind, err)
-			px.stop()
-			continue
-		}
-		r, err := failover(ctx, addr, e.foA, e.foB.port, 8, e.o.foWarm, e.o.foAfter)
-		px.stop()
-		if err != nil {
-			e.rep.errorf("%s %s: %v", wl, kind, err)
-			if ctx.Err() != nil {
-				return ctx.Err()
+			r, err := e.killPrimary(ctx, kind, fmt.Sprintf("%s-fo-%d-%d", kind, round, k))
+			if err != nil {
+				e.rep.errorf("%s %s: %v", wl, kind, err)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 			}
-		}
-		if !r.onBackup {
-			e.rep.errorf("%s %s: the last successful query was not served by B", wl, kind)
-		}
-		gap := ms(r.maxGap)
-		e.rep.add(metricDef{Workload: wl, Metric: "client errors", Unit: "count", Lower: true}, kind, float64(r.errors))
-		e.rep.add(metricDef{Workload: wl, Metric: "longest gap", Unit: "ms", Lower: true, Goal: true}, kind, gap)
-		e.logf("%-22s %-8s %d errors, longest gap %.1f ms, A reaped after %.1f ms, first on B after %.1f ms, %d queries",
-			wl, kind, r.errors, gap, ms(r.death), ms(r.firstOnB), r.ok)
-		if err := e.foA.start(); err != nil {
-			return fmt.Errorf("restart %s: %w", e.foA.name, err)
+			if r != nil {
+				got[kind] = append(got[kind], *r)
+			}
 		}
 	}
+	for _, kind := range kinds {
+		rs := got[kind]
+		if len(rs) == 0 {
+			continue
+		}
+		pick := func(f func(failoverResult) float64) float64 {
+			v := make([]float64, 0, len(rs))
+			for _, r := range rs {
+				if x := f(r); !math.IsNaN(x) {
+					v = append(v, x)
+				}
+			}
+			return median(v)
+		}
+		e.rep.add(metricDef{Workload: wl, Metric: "client errors", Unit: "count", Lower: true}, kind,
+			pick(func(r failoverResult) float64 { return float64(r.errors) }))
+		e.rep.add(metricDef{Workload: wl, Metric: "longest gap", Unit: "ms", Lower: true, Goal: true}, kind,
+			pick(func(r failoverResult) float64 { return ms(r.maxGap) }))
+		e.rep.add(metricDef{Workload: wl, Metric: "first error to first query on B", Unit: "ms", Lower: true}, kind,
+			pick(func(r failoverResult) float64 {
+				if r.recovery == 0 {
+					return math.NaN()
+				}
+				return ms(r.recovery)
+			}))
+	}
 	return nil
+}
+
+// killPrimary runs one failover measurement through a fresh proxy of
+// kind; A must be running, and is dead afterwards. It returns what it
+// measured, if anything, with an error for what went wrong.
+func (e *env) killPrimary(ctx context.Context, kind, dir string) (*failoverResult, error) {
+	const wl = "failover (kill primary)"
+	if e.foA.proc == nil || e.foA.proc.exited() { // killed by the last measurement
+		if err := e.foA.start(); err != nil {
+			return nil, fmt.Errorf("restart %s: %w", e.foA.name, err)
+		}
+	}
+	rs := []route{{name: "fo", dests: []string{e.foA.addr(), e.foB.addr()}, mysql: true, failover: true}}
+	px, err := startProxy(kind, e.hamrBin, filepath.Join(e.tmp, dir), rs)
+	if err != nil {
+		return nil, err
+	}
+	defer px.stop()
+	addr := px.routes["fo"]
+	if err := waitServedBy(ctx, addr, e.foA.port, 10*time.Second); err != nil {
+		return nil, err
+	}
+	r, err := failover(ctx, addr, e.foA, e.foB.port, 8, e.o.foWarm, e.o.foAfter)
+	px.stop()
+	if err == nil && !r.onBackup {
+		err = errors.New("the last successful query was not served by B")
+	}
+	if r.ok == 0 {
+		return nil, err // measured nothing
+	}
+	e.logf("%-22s %-8s %d errors, longest gap %.1f ms, A reaped after %.1f ms, first on B after %.1f ms (%.1f ms after the first error), %d queries",
+		wl, kind, r.errors, ms(r.maxGap), ms(r.death), ms(r.firstOnB), ms(r.recovery), r.ok)
+	return &r, err
 }
 
 // ms is d in milliseconds.
