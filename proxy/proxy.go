@@ -54,9 +54,11 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// OnDialError, if set, is called after a failed dial, once the proxy
-	// itself has marked the destination down with p.Route.SetUp(p.Index,
-	// false). It runs on the loop serving the client, which serves other
-	// sessions too: keep it short.
+	// itself has marked the destination down. It runs on the route's own
+	// goroutine, after p.Route's watchers, and never holds up a session:
+	// the client has gone on to the next destination already. Failures of
+	// a destination that come while an earlier one waits are passed once,
+	// with the latest error.
 	OnDialError func(p routing.Pick, err error)
 }
 
@@ -71,6 +73,7 @@ type Route struct {
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error) // Options.Dial
 	dialer      net.Dialer                                                        // for hostnames
 	onDialError func(routing.Pick, error)
+	fails       failures // failed dials on their way to onDialError
 
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
 	dests     []*dest // rt's destinations, by index
@@ -113,6 +116,7 @@ func New(cfg Config, rt *routing.Route, opts Options) *Route {
 		stop:        make(chan struct{}),
 		kick:        make(chan struct{}, 1),
 		addr:        cfg.Addr,
+		fails:       failures{kick: make(chan struct{}, 1), stop: make(chan struct{})},
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.log == nil {
@@ -306,6 +310,7 @@ func (r *Route) Start() error {
 		}
 		r.loops = append(r.loops, l)
 	}
+	r.startReporter()
 	for _, l := range r.loops {
 		r.loopsWG.Go(l.loopRun)
 	}
@@ -474,6 +479,7 @@ func (r *Route) stopLoops() {
 		l.post(func(l *loop) { l.closed = true })
 	}
 	r.loopsWG.Wait()
+	r.stopReporter()
 	r.releaseMetrics()
 }
 

@@ -278,6 +278,11 @@ func TestFailoverOnDialError(t *testing.T) {
 				},
 			})
 			wantFailedOver(t, p, rt, m, bad)
+			eventually(t, "OnDialError called", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(picks) > 0
+			})
 			mu.Lock()
 			if len(picks) != 1 || picks[0].Index != 0 || picks[0].Route != rt {
 				t.Errorf("OnDialError picks = %+v, want one for index 0", picks)
@@ -288,6 +293,43 @@ func TestFailoverOnDialError(t *testing.T) {
 			mu.Unlock()
 		})
 	}
+}
+
+// TestDialErrorReportedOffLoop: what follows a failed dial beyond the
+// routing state (the routing watchers, OnDialError: the daemon's checker,
+// logs, VRRP tracking) does not hold up the client, which goes on to the
+// next destination while both are still running; once they return, they
+// have run once each.
+func TestDialErrorReportedOffLoop(t *testing.T) {
+	be := newBackend(t, named("b"))
+	bad := loopback.Refused(t)
+	rt := newRouting(t, routing.FirstAvailable, bad, be.addr())
+	release := make(chan struct{})
+	var watched, reported atomic.Int32
+	rt.Watch(func() {
+		watched.Add(1)
+		<-release
+	})
+	m := NewMetrics(prometheus.NewRegistry())
+	p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: time.Second}, rt, Options{
+		Metrics: m,
+		OnDialError: func(routing.Pick, error) {
+			reported.Add(1)
+			<-release
+		},
+	})
+	released := false
+	defer func() {
+		if !released {
+			close(release) // let Shutdown end the reporter
+		}
+	}()
+	wantFailedOver(t, p, rt, m, bad)
+	close(release)
+	released = true
+	eventually(t, "watcher and OnDialError called", func() bool {
+		return watched.Load() == 1 && reported.Load() == 1
+	})
 }
 
 // wantFailedOver checks that a client of p, route "rw" over [bad, b],

@@ -378,14 +378,9 @@ func (s *session) dialing(attempt int) bool {
 func (l *loop) markDown(s *session, err error) {
 	r, p := l.r, s.pick
 	s.d.dialErrs.Inc()
-	if p.Route.SetUp(p.Index, false) {
-		r.log.Warn("dial failed; destination marked down", "destination", p.Addr, "err", err)
-	} else {
-		r.log.Debug("dial failed", "destination", p.Addr, "err", err)
-	}
-	if r.onDialError != nil {
-		r.onDialError(p, err)
-	}
+	// The next pick, this client's included, avoids p at once; the rest
+	// is the reporter's.
+	r.reportFailure(failure{pick: p, err: err, notify: p.Route.MarkDown(p.Index)})
 }
 
 // local reports whether a dial error is a shortage on this host rather

@@ -185,10 +185,24 @@ func (r *Route) Pick() (Pick, error) {
 // changed anything. Marking the primary down moves the primary; marking a
 // destination up never takes the primary away from a primary that is up.
 func (r *Route) SetUp(i int, up bool) bool {
+	notify := r.setUp(i, up)
+	if notify != nil {
+		notify()
+	}
+	return notify != nil
+}
+
+// MarkDown is SetUp(i, false) without telling the watchers: it returns the
+// call that tells them, or nil if nothing changed. A caller that must not
+// wait for the watchers (a proxy's event loop, which goes on at once to the
+// next destination) makes that call from another goroutine.
+func (r *Route) MarkDown(i int) (notify func()) { return r.setUp(i, false) }
+
+func (r *Route) setUp(i int, up bool) (notify func()) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if i < 0 || i >= len(r.dests) || r.up[i] == up {
-		r.mu.Unlock()
-		return false
+		return nil
 	}
 	r.up[i] = up
 	if !up && r.strategy == NextAvailable {
@@ -198,9 +212,7 @@ func (r *Route) SetUp(i int, up bool) bool {
 		r.setPrimary(r.firstUsable())
 	}
 	ws := r.watchers
-	r.mu.Unlock()
-	r.notify(ws)
-	return true
+	return func() { r.notify(ws) }
 }
 
 // Reset moves the primary to the first destination in list order that is

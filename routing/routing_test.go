@@ -239,6 +239,32 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestMarkDown: the state changes at once, the watchers only when the
+// caller makes the returned call, and a destination already down returns
+// nothing to call.
+func TestMarkDown(t *testing.T) {
+	r, _ := New("rw", FirstAvailable, dests, nil)
+	var calls int
+	r.Watch(func() { calls++ })
+	notify := r.MarkDown(0)
+	if notify == nil {
+		t.Fatal("MarkDown of the primary returned no notification")
+	}
+	if p := r.Primary(); p != 1 || calls != 0 {
+		t.Fatalf("after MarkDown: primary %d, %d watcher calls; want 1, 0", p, calls)
+	}
+	if pk, err := r.Pick(); err != nil || pk.Index != 1 {
+		t.Fatalf("Pick after MarkDown = %+v, %v; want index 1", pk, err)
+	}
+	notify()
+	if calls != 1 {
+		t.Fatalf("watcher called %d times after notify, want 1", calls)
+	}
+	if r.MarkDown(0) != nil {
+		t.Error("MarkDown of a destination already down returned a notification")
+	}
+}
+
 // TestConcurrentPicks checks that round-robin spreads evenly under
 // concurrent picks, and that concurrent picks and state changes leave a
 // first-available route with a primary that is up (for the race
