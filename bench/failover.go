@@ -21,8 +21,10 @@ type failoverResult struct {
 	firstOnB time.Duration // from the kill to the first query served by B
 	// From the first client error after the kill (the proxy passing A's
 	// end on) to the first query served by B: the proxy's own part of
-	// the gap, a reconnect and a login. Zero if either was not seen.
-	recovery time.Duration
+	// the gap, a reconnect and a login; 0 if B served first. Only
+	// meaningful if recovered.
+	recovery  time.Duration
+	recovered bool // both a client error and a query on B were seen
 	// From the kill until A was reaped. The longest gap cannot be much
 	// shorter: the kernel frees a SIGKILLed server's memory before it
 	// closes its sockets, and no proxy can move a client before that.
@@ -152,17 +154,19 @@ func failover(ctx context.Context, addr string, a *mariadb, bPort, workers int, 
 		maxGap = end.Sub(lastOK)
 	}
 	var recovery time.Duration
-	if onB := killedAt.Add(firstOnB); firstOnB > 0 && !firstErr.IsZero() && onB.After(firstErr) {
-		recovery = onB.Sub(firstErr)
+	recovered := firstOnB > 0 && !firstErr.IsZero()
+	if recovered {
+		recovery = max(0, killedAt.Add(firstOnB).Sub(firstErr))
 	}
 	r := failoverResult{
-		recovery: recovery,
-		ok:       ok.Load(),
-		errors:   bad.Load(),
-		maxGap:   maxGap,
-		onBackup: lastPort == bPortS,
-		firstOnB: firstOnB,
-		death:    death,
+		recovery:  recovery,
+		recovered: recovered,
+		ok:        ok.Load(),
+		errors:    bad.Load(),
+		maxGap:    maxGap,
+		onBackup:  lastPort == bPortS,
+		firstOnB:  firstOnB,
+		death:     death,
 	}
 	if lastOK.IsZero() {
 		return r, fmt.Errorf("failover via %s: no successful query at all", addr)

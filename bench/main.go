@@ -795,7 +795,7 @@ func (e *env) runFailover(ctx context.Context, round int) error {
 			pick(func(r failoverResult) float64 { return ms(r.maxGap) }))
 		e.rep.add(metricDef{Workload: wl, Metric: "first error to first query on B", Unit: "ms", Lower: true}, kind,
 			pick(func(r failoverResult) float64 {
-				if r.recovery == 0 {
+				if !r.recovered {
 					return math.NaN()
 				}
 				return ms(r.recovery)

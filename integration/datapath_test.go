@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -145,9 +146,11 @@ func TestNoDestination(t *testing.T) {
 		}
 	}
 	check("first connection")
-	if n := strings.Count(h.log.String(), "dial failed; destination marked down"); n != 2 {
-		t.Errorf("%d destinations marked down by the first connection's dials, want 2:\n%s", n, h.log.tail(10))
-	}
+	// Logged off the event loop, by the route's reporter: soon after.
+	waitFor(t, 5*time.Second, "both destinations marked down by the first connection's dials", func() (bool, error) {
+		n := strings.Count(h.log.String(), "dial failed; destination marked down")
+		return n == 2, fmt.Errorf("%d logged, want 2:\n%s", n, h.log.tail(10))
+	})
 	for _, d := range r.Dests {
 		h.waitDest(r.Name, d, false, 5*time.Second)
 	}

@@ -55,10 +55,11 @@ type Options struct {
 
 	// OnDialError, if set, is called after a failed dial, once the proxy
 	// itself has marked the destination down. It runs on the route's own
-	// goroutine, after p.Route's watchers, and never holds up a session:
-	// the client has gone on to the next destination already. Failures of
-	// a destination that come while an earlier one waits are passed once,
-	// with the latest error.
+	// goroutine, after p.Route's watchers (the Route's own among them),
+	// and holds up no session: the client has gone on to the next
+	// destination already. Failures of a destination that come while an
+	// earlier one waits are passed once, with the latest error. Shutdown
+	// waits for it.
 	OnDialError func(p routing.Pick, err error)
 }
 

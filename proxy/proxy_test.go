@@ -296,25 +296,33 @@ func TestFailoverOnDialError(t *testing.T) {
 }
 
 // TestDialErrorReportedOffLoop: what follows a failed dial beyond the
-// routing state (the routing watchers, OnDialError: the daemon's checker,
-// logs, VRRP tracking) does not hold up the client, which goes on to the
-// next destination while both are still running; once they return, they
-// have run once each.
+// routing state (the routing watchers, then OnDialError: the daemon's
+// checker, logs, VRRP tracking) does not hold up the client, which goes
+// on to the next destination while the first watcher is still blocked;
+// once released, the watcher and then OnDialError have run, once each.
 func TestDialErrorReportedOffLoop(t *testing.T) {
 	be := newBackend(t, named("b"))
 	bad := loopback.Refused(t)
 	rt := newRouting(t, routing.FirstAvailable, bad, be.addr())
 	release := make(chan struct{})
-	var watched, reported atomic.Int32
+	var (
+		mu    sync.Mutex
+		calls []string
+	)
+	record := func(what string) {
+		mu.Lock()
+		calls = append(calls, what)
+		mu.Unlock()
+	}
 	rt.Watch(func() {
-		watched.Add(1)
+		record("watcher")
 		<-release
 	})
 	m := NewMetrics(prometheus.NewRegistry())
 	p := startRoute(t, Config{Name: "rw", ReadWrite: true, ConnectTimeout: time.Second}, rt, Options{
 		Metrics: m,
 		OnDialError: func(routing.Pick, error) {
-			reported.Add(1)
+			record("OnDialError")
 			<-release
 		},
 	})
@@ -328,8 +336,15 @@ func TestDialErrorReportedOffLoop(t *testing.T) {
 	close(release)
 	released = true
 	eventually(t, "watcher and OnDialError called", func() bool {
-		return watched.Load() == 1 && reported.Load() == 1
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) >= 2
 	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(calls, []string{"watcher", "OnDialError"}) {
+		t.Errorf("calls = %q, want the watcher, then OnDialError, once each", calls)
+	}
 }
 
 // wantFailedOver checks that a client of p, route "rw" over [bad, b],
