@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,46 @@ func TestRatioOrientation(t *testing.T) {
 	}
 	if got := row.Median[hamr]; got != 7.5 {
 		t.Errorf("median hamr = %v, want 7.5", got)
+	}
+	if got := row.RoundRatios["hamr/haproxy"]; !slices.Equal(got, []float64{1.25, 2, 1.5}) {
+		t.Errorf("round ratios = %v, want [1.25 2 1.5]", got)
+	}
+}
+
+// TestTargetRounds: a ratio target says how many rounds met it on their
+// own, and the table shows the rounds' range beside the median.
+func TestTargetRounds(t *testing.T) {
+	var rep Report
+	def := metricDef{Workload: "w", Metric: "rate", Goal: true}
+	for i, v := range [][2]float64{{12, 10}, {10, 10}, {23, 20}} { // 1.2, 1.0, 1.15
+		rep.setRound(i + 1)
+		rep.add(def, hamr, v[0])
+		rep.add(def, haproxy, v[1])
+	}
+	rep.finish()
+	var tg *Target
+	for i := range rep.Targets {
+		if rep.Targets[i].What == "w rate: hamr/HAProxy" {
+			tg = &rep.Targets[i]
+		}
+	}
+	if tg == nil {
+		t.Fatalf("no target for the goal row: %+v", rep.Targets)
+	}
+	if !tg.Met || tg.RoundsMet != 2 || tg.Rounds != 3 {
+		t.Errorf("target = %+v, want met, in 2 of 3 rounds", *tg)
+	}
+	var b strings.Builder
+	rep.writeTargets(&b, true)
+	if !strings.Contains(b.String(), "| w rate: hamr/HAProxy | >= 1.10 | 1.150 | met (2 of 3 rounds) |") {
+		t.Errorf("targets table:\n%s", b.String())
+	}
+	b.Reset()
+	if err := rep.writeTable(&b, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "| 1.15 (1.00-1.20) |") {
+		t.Errorf("results table lacks the rounds' range:\n%s", b.String())
 	}
 }
 
