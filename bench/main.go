@@ -805,11 +805,11 @@ func (e *env) runFailover(ctx context.Context, round int) error {
 }
 
 // killPrimary runs one failover measurement through a fresh proxy of
-// kind; A must be running, and is dead afterwards. It returns what it
+// kind, starting A first if the last one killed it. It returns what it
 // measured, if anything, with an error for what went wrong.
 func (e *env) killPrimary(ctx context.Context, kind, dir string) (*failoverResult, error) {
 	const wl = "failover (kill primary)"
-	if e.foA.proc == nil || e.foA.proc.exited() { // killed by the last measurement
+	if e.foA.proc == nil || e.foA.proc.exited() {
 		if err := e.foA.start(); err != nil {
 			return nil, fmt.Errorf("restart %s: %w", e.foA.name, err)
 		}
