@@ -485,8 +485,6 @@ func dump(c *Config) string {
 	return s
 }
 
-// TestHealthMerge checks that [routing.NAME.health] overrides only the
-// keys it sets, and that the level default follows the merged user.
 // TestIOThreads: [io] threads sets the routes' event loops; unset, it is
 // 0, one per CPU.
 func TestIOThreads(t *testing.T) {
@@ -502,6 +500,8 @@ func TestIOThreads(t *testing.T) {
 	}
 }
 
+// TestHealthMerge checks that [routing.NAME.health] overrides only the
+// keys it sets, and that the level default follows the merged user.
 func TestHealthMerge(t *testing.T) {
 	src := `
 [health]

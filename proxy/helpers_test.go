@@ -147,13 +147,32 @@ func (l *logBuffer) count(s string) int { return strings.Count(l.String(), s) }
 // dialProxy connects to p with a deadline so that no test can hang.
 func dialProxy(t testing.TB, p *Route) *net.TCPConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", p.Addr(), 5*time.Second)
+	return dialAt(t, p.Addr())
+}
+
+// dialAt is dialProxy to addr: a route's port on a given address.
+func dialAt(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
+}
+
+// wantRelayed opens n sessions through p, one after another, and
+// round-trips msg on each.
+func wantRelayed(t testing.TB, p *Route, n int, msg string) {
+	t.Helper()
+	for i := range n {
+		c := dialProxy(t, p)
+		if err := roundTrip(c, msg); err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		c.Close()
+	}
 }
 
 // roundTrip writes msg and reads it back.

@@ -1034,12 +1034,7 @@ func TestCloseSessionsTo(t *testing.T) {
 	p := startRoute(t, Config{Addr: "0.0.0.0:0"}, rt, Options{})
 	_, port, _ := net.SplitHostPort(p.Addr())
 	dial := func(host string) net.Conn {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := dialAt(t, net.JoinHostPort(host, port))
 		if err := roundTrip(c, "hello"); err != nil {
 			t.Fatal(err)
 		}
@@ -1132,15 +1127,7 @@ func TestCloseSessionsToDuringDial(t *testing.T) {
 	rt := newRouting(t, routing.RoundRobin, hang)
 	p := startRoute(t, Config{Addr: "0.0.0.0:0", ConnectTimeout: time.Minute}, rt, Options{})
 	_, port, _ := net.SplitHostPort(p.Addr())
-	dial := func(host string) net.Conn {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	viaVIP, other := dial("127.0.0.2"), dial("127.0.0.1")
+	viaVIP, other := dialAt(t, net.JoinHostPort("127.0.0.2", port)), dialAt(t, net.JoinHostPort("127.0.0.1", port))
 	waitSynSent(t, hang, 2)
 	if n := p.CloseSessionsTo([]netip.Addr{netip.MustParseAddr("127.0.0.2")}); n != 0 {
 		t.Fatalf("CloseSessionsTo = %d, want 0 (both clients are still being connected)", n)
@@ -1238,13 +1225,7 @@ func TestHostnameDestination(t *testing.T) {
 	_, port, _ := net.SplitHostPort(be.addr())
 	rt := newRouting(t, routing.FirstAvailable, net.JoinHostPort("localhost", port))
 	p := startRoute(t, Config{}, rt, Options{})
-	for i := range 3 {
-		c := dialProxy(t, p)
-		if err := roundTrip(c, "by name"); err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-		c.Close()
-	}
+	wantRelayed(t, p, 3, "by name")
 }
 
 // TestLoops: Config.Loops sets how many event loops serve the route (0:

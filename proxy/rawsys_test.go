@@ -49,11 +49,5 @@ func TestIPv6Destination(t *testing.T) {
 	be := newBackendAt(t, "[::1]:0", echo)
 	rt := newRouting(t, routing.FirstAvailable, be.addr())
 	p := startRoute(t, Config{}, rt, Options{})
-	for i := range 3 {
-		c := dialProxy(t, p)
-		if err := roundTrip(c, "over ::1"); err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-		c.Close()
-	}
+	wantRelayed(t, p, 3, "over ::1")
 }

@@ -78,8 +78,7 @@ const stopWait = 5 * time.Second
 // VIP:7001 to the responder on the host's loopback.
 func hamrConf(h *host, c routerConf) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n", drainTimeout)
-	fmt.Fprintf(&b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
+	labSections(&b)
 	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, c.priority)
 	fmt.Fprintf(&b, "advert_int = %q\nversion = %d\n", c.advert, c.version)
 	if c.version == 2 {
@@ -115,6 +114,13 @@ type labConf struct {
 	routes string // [routing.NAME] sections
 }
 
+// labSections writes the [global], [logger] and [admin] sections every
+// hamr of the lab runs with.
+func labSections(b *strings.Builder) {
+	fmt.Fprintf(b, "[global]\ndrain_timeout = %q\n\n", drainTimeout)
+	fmt.Fprintf(b, "[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", adminAddr)
+}
+
 // fastChecks are [health] lines that notice a change within 100 ms.
 const fastChecks = "interval = \"100ms\"\nrise = 1\nfall = 1"
 
@@ -123,34 +129,42 @@ const fastChecks = "interval = \"100ms\"\nrise = 1\nfall = 1"
 func (l *lab) writeConf(h *host, name string, c labConf) string {
 	l.t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n\n[logger]\nlevel = \"debug\"\n\n[admin]\naddress = %q\n\n", drainTimeout, adminAddr)
+	labSections(&b)
 	fmt.Fprintf(&b, "[health]\nlevel = \"tcp\"\n%s\n\n", c.health)
 	fmt.Fprintf(&b, "[vrrp.VI_1]\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n", h.link, vrid, c.prio)
 	fmt.Fprintf(&b, "advert_int = %q\nvirtual_ipaddress = [%q]\n%s\n\n%s", fast.advert, vipPrefix, c.vrrp, c.routes)
-	path := filepath.Join(l.dir, name+".toml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		l.t.Fatal(err)
-	}
-	return path
+	return l.writeFile(name, b.String())
 }
 
 // startConf writes c (see writeConf) and runs `hamr run` with it on h.
 func (l *lab) startConf(h *host, name string, c labConf) *router {
 	l.t.Helper()
-	path := l.writeConf(h, name, c)
-	r := l.start("hamr", h, "hamr-"+name, hamrBin, "run", "-c", path)
-	r.admin, r.conf = adminAddr, path
-	return r
+	return l.runHamr(h, "hamr-"+name, l.writeConf(h, name, c))
 }
 
 // writeHamrConf writes a config for h into the lab directory.
 func (l *lab) writeHamrConf(h *host, name string, c routerConf) string {
 	l.t.Helper()
+	return l.writeFile(name, hamrConf(h, c.withDefaults()))
+}
+
+// writeFile writes conf as name.toml in the lab directory and returns its
+// path.
+func (l *lab) writeFile(name, conf string) string {
+	l.t.Helper()
 	path := filepath.Join(l.dir, name+".toml")
-	if err := os.WriteFile(path, []byte(hamrConf(h, c.withDefaults())), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		l.t.Fatal(err)
 	}
 	return path
+}
+
+// runHamr runs `hamr run -c path` on h as process name.
+func (l *lab) runHamr(h *host, name, path string) *router {
+	l.t.Helper()
+	r := l.start("hamr", h, name, hamrBin, "run", "-c", path)
+	r.admin, r.conf = adminAddr, path
+	return r
 }
 
 // startHamr runs `hamr run` on h with VI_1 configured from c. The
@@ -159,11 +173,7 @@ func (l *lab) startHamr(h *host, c routerConf) *router {
 	l.t.Helper()
 	requireHamr(l.t)
 	name := fmt.Sprintf("hamr-%s-%d", h.id, labSeq.Add(1))
-	conf := l.writeHamrConf(h, name, c)
-	r := l.start("hamr", h, name, hamrBin, "run", "-c", conf)
-	r.admin = adminAddr
-	r.conf = conf
-	return r
+	return l.runHamr(h, name, l.writeHamrConf(h, name, c))
 }
 
 // withBackends starts the responders hamr's routes forward to.
