@@ -34,6 +34,13 @@ type IO struct {
 	// that accept, connect and relay its clients. 0 (the default) runs
 	// one per CPU hamr may use (GOMAXPROCS). Read at start only.
 	Threads int // 0-1024
+
+	// KernelRelay hands each session to the kernel once it is connected
+	// (a BPF sockmap program relays its bytes), so that queries cross
+	// hamr without waking it. Default true; where the kernel refuses
+	// (no CAP_BPF, an old kernel) hamr logs why and relays in user space.
+	// Read at start only.
+	KernelRelay bool
 }
 
 // Logger is the [logger] section.

@@ -282,7 +282,9 @@ state = "master"
 				`18 vrrp.VI_1.notify_timeout: "2h" is too long (1ms to 1h)`}},
 		{"io", "[io]\nthreads = 2000\nbackend = \"poll\"\n" + route,
 			[]string{`2 io.threads: 2000 is too large (0-1024)`,
-				`3 io.backend: unknown key (allowed: threads)`}},
+				`3 io.backend: unknown key (allowed: kernel_relay, threads)`}},
+		{"io kernel_relay not a boolean", "[io]\nkernel_relay = \"yes\"\n" + route,
+			[]string{`2 io.kernel_relay: `}},
 		{"io threads negative", "[io]\nthreads = -1\n" + route,
 			[]string{`2 io.threads: -1 is too small (0-1024)`}},
 		{"mistyped addresses", "[admin]\naddress = \"127.0.0.300:8081\"\n[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.256:3306\", \"192.168.1.1000:3306\", \"db1.example.com:3306\"]\n",
@@ -445,6 +447,7 @@ notify_master = "/etc/hamr/n.sh master  now"
 	want := &Config{
 		File:   "d.toml",
 		Global: Global{DrainTimeout: 30 * time.Second},
+		IO:     IO{KernelRelay: true},
 		Logger: Logger{Level: "info"},
 		Admin:  Admin{Address: "127.0.0.1:8081"},
 		Health: health,
@@ -496,6 +499,20 @@ func TestIOThreads(t *testing.T) {
 		}
 		if c.IO.Threads != want {
 			t.Errorf("%q: threads = %d, want %d", src, c.IO.Threads, want)
+		}
+	}
+}
+
+// TestKernelRelay checks [io] kernel_relay: on unless turned off.
+func TestKernelRelay(t *testing.T) {
+	const route = "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n"
+	for src, want := range map[string]bool{route: true, "[io]\nkernel_relay = false\n" + route: false, "[io]\nkernel_relay = true\n" + route: true} {
+		c, err := Parse("t.toml", []byte(src))
+		if err != nil {
+			t.Fatalf("%q: %v", src, err)
+		}
+		if c.IO.KernelRelay != want {
+			t.Errorf("%q: kernel_relay = %v, want %v", src, c.IO.KernelRelay, want)
 		}
 	}
 }

@@ -107,6 +107,10 @@ func (d *decoder) global(t *table, g *Global) {
 
 func (d *decoder) io(t *table, io *IO) {
 	io.Threads, _ = t.integer("threads", 0, maxThreads, "")
+	io.KernelRelay = true
+	if b, ok := t.boolean("kernel_relay"); ok {
+		io.KernelRelay = b
+	}
 	t.done(nil)
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hamr-project/hamr/internal/logbuf"
 	"github.com/hamr-project/hamr/routing"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // backend is a TCP server (newBackend: on 127.0.0.1) that runs handle for each
@@ -99,6 +101,10 @@ func newRouting(t testing.TB, s routing.Strategy, dests ...string) *routing.Rout
 	return rt
 }
 
+// kernelRelayTests runs the tests that use startRoute with the kernel
+// relay on.
+var kernelRelayTests = os.Getenv("HAMR_TEST_KERNEL_RELAY") != ""
+
 // startRoute starts a proxy route on 127.0.0.1 with test defaults for the
 // fields left zero, and shuts it down at cleanup.
 func startRoute(t testing.TB, cfg Config, rt *routing.Route, opts Options) *Route {
@@ -118,6 +124,7 @@ func startRoute(t testing.TB, cfg Config, rt *routing.Route, opts Options) *Rout
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
+	cfg.KernelRelay = cfg.KernelRelay || kernelRelayTests
 	p := New(cfg, rt, opts)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
@@ -270,4 +277,29 @@ func dialClosed(addr string) error {
 		}
 	}
 	return errors.New("connected to itself 3 times")
+}
+
+// scraped returns the value of the counter name{labels} in a scrape of
+// reg, 0 if there is none.
+func scraped(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

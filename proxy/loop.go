@@ -38,12 +38,13 @@ type loop struct {
 	load     atomic.Int64 // sessions served, for balancing (see balance)
 	seq      uint32       // last session tag handed out
 
-	lns    []*lnSlot   // listeners this loop accepts on (one, or none)
-	dials  []dialTimer // connect deadlines, in order (one timeout per Route)
-	ready  []readyFlow // flows that used up their budget: run again
-	spare  []readyFlow // the other ready slice, swapped each round
-	closed bool        // exit was posted
-	again  bool        // harvest again before waiting (see accept)
+	lns    []*lnSlot    // listeners this loop accepts on (one, or none)
+	dials  []dialTimer  // connect deadlines, in order (one timeout per Route)
+	drains []drainTimer // directions that ended, waiting for the kernel to write their bytes
+	ready  []readyFlow  // flows that used up their budget: run again
+	spare  []readyFlow  // the other ready slice, swapped each round
+	closed bool         // exit was posted
+	again  bool         // harvest again before waiting (see accept)
 
 	mu     sync.Mutex
 	cmds   []func(*loop)
@@ -225,6 +226,9 @@ func (l *loop) nextTimer() int64 {
 	if len(l.dials) > 0 {
 		next = l.dials[0].at
 	}
+	if d := l.nextDrain(); d >= 0 && (next < 0 || d < next) {
+		next = d
+	}
 	for _, sl := range l.lns {
 		if sl.paused && (next < 0 || sl.until < next) {
 			next = sl.until
@@ -319,6 +323,7 @@ func (l *loop) expire() {
 	if len(l.dials) == 0 && cap(l.dials) > 1024 {
 		l.dials = nil // let a large backing array go
 	}
+	l.expireDrains()
 	for _, sl := range l.lns {
 		if sl.paused && sl.until <= l.now {
 			l.listen(sl)

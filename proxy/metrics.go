@@ -18,6 +18,7 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	dialErrs *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	kernel   *prometheus.CounterVec
 
 	// A series lives while some Route uses it: a route a reload replaced
 	// and its successor (same name) share series, and the last one to
@@ -50,6 +51,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hamr_route_dial_errors_total",
 			Help: "Failed dials to a destination (each marks it down).",
 		}, dest),
+		kernel: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hamr_route_kernel_sessions_total",
+			Help: "Sessions handed to the kernel to relay (sockmap).",
+		}, dest),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hamr_route_refusals_total",
 			Help: "Clients refused with a MySQL error packet, by reason.",
@@ -60,11 +65,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		m.active = register(reg, m.active)
 		m.total = register(reg, m.total)
-		m.bytes = register(reg, m.bytes)
+		m.bytes = register(reg, &countedVec{m.bytes}).CounterVec
 		m.dialErrs = register(reg, m.dialErrs)
 		m.refusals = register(reg, m.refusals)
+		m.kernel = register(reg, m.kernel)
 	}
 	return m
+}
+
+// countedVec is hamr_route_bytes_total as registered: before each
+// scrape, it has the routes count what the kernel relayed for their
+// sessions since the last count (their loops only see a session's
+// bytes when it ends).
+type countedVec struct{ *prometheus.CounterVec }
+
+func (v *countedVec) Collect(ch chan<- prometheus.Metric) {
+	countKernelSessions()
+	v.CounterVec.Collect(ch)
 }
 
 // register registers c on reg, or returns the equal collector already there.
@@ -113,6 +130,7 @@ func (m *Metrics) release(route string, d *dest) {
 	m.active.Delete(l)
 	m.total.Delete(l)
 	m.dialErrs.Delete(l)
+	m.kernel.Delete(l)
 	m.bytes.DeletePartialMatch(l)
 }
 
@@ -139,6 +157,7 @@ type dest struct {
 	total    prometheus.Counter
 	c2s, s2c prometheus.Counter
 	dialErrs prometheus.Counter
+	kernel   prometheus.Counter
 }
 
 func (m *Metrics) dest(route, addr string) *dest {
@@ -153,6 +172,7 @@ func (m *Metrics) dest(route, addr string) *dest {
 		c2s:      m.bytes.WithLabelValues(route, addr, "client_to_server"),
 		s2c:      m.bytes.WithLabelValues(route, addr, "server_to_client"),
 		dialErrs: m.dialErrs.WithLabelValues(route, addr),
+		kernel:   m.kernel.WithLabelValues(route, addr),
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		var sa unix.Sockaddr

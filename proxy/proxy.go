@@ -38,6 +38,13 @@ type Config struct {
 	// Loops is the number of event loops; 0 runs one per P (GOMAXPROCS),
 	// as HAProxy runs nbthread threads.
 	Loops int
+
+	// KernelRelay hands each IPv4 session to the kernel once it is
+	// connected (a BPF sockmap program moves its bytes from socket to
+	// socket), so that queries and results cross the proxy without
+	// waking it. Where the kernel refuses the program (no CAP_BPF, an old
+	// kernel), Start logs why and the loops relay every session.
+	KernelRelay bool
 }
 
 // Options are a Route's collaborators. The zero value is usable.
@@ -74,7 +81,8 @@ type Route struct {
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error) // Options.Dial
 	dialer      net.Dialer                                                        // for hostnames
 	onDialError func(routing.Pick, error)
-	fails       failures // failed dials on their way to onDialError
+	fails       failures    // failed dials on their way to onDialError
+	redir       *redirector // the kernel relay; nil when off or unavailable
 
 	rwPrimary bool    // cfg.ReadWrite on a route with a primary: one destination at a time
 	dests     []*dest // rt's destinations, by index
@@ -311,9 +319,20 @@ func (r *Route) Start() error {
 		}
 		r.loops = append(r.loops, l)
 	}
+	if r.cfg.KernelRelay {
+		rd, err := newRedirector(2 * r.cfg.MaxConnections)
+		if err != nil {
+			r.log.Warn("kernel relay unavailable; the event loops relay every session", "err", err)
+		} else {
+			r.redir = rd
+		}
+	}
 	r.startReporter()
 	for _, l := range r.loops {
 		r.loopsWG.Go(l.loopRun)
+	}
+	if r.redir != nil {
+		trackKernelRoute(r, true)
 	}
 	r.started = true
 	r.addr = boundAddr(r.cfg.Addr, ln.addr)
@@ -479,7 +498,13 @@ func (r *Route) stopLoops() {
 	for _, l := range r.loops {
 		l.post(func(l *loop) { l.closed = true })
 	}
+	if r.redir != nil {
+		trackKernelRoute(r, false)
+	}
 	r.loopsWG.Wait()
+	if r.redir != nil {
+		r.redir.close() // every session has closed: the maps are empty
+	}
 	r.stopReporter()
 	r.releaseMetrics()
 }

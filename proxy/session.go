@@ -41,6 +41,7 @@ type session struct {
 	pick     routing.Pick // the destination being dialed or connected
 	d        *dest        // pick's destination
 	c2s, s2c flow
+	k        *kstate // set while the kernel relays s (kernel_linux.go)
 
 	// mu orders the loop closing the sockets with kill shutting them
 	// down from another goroutine, so that kill never touches a
@@ -420,6 +421,10 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 			l.connected(s, ev)
 		}
 	case stateOpen:
+		if s.k != nil {
+			l.kernelEvent(s, fd, ev)
+			return
+		}
 		// The flow reading fd; and the flow writing to fd, if it waits.
 		in, out := &s.c2s, &s.s2c
 		if fd == s.sfd {
@@ -508,6 +513,10 @@ func (l *loop) connected(s *session, ev uint32) {
 	s.state = stateOpen // from here on closeSession unregisters s
 	s.c2s = flow{src: s.cfd, dst: s.sfd, bytes: s.d.c2s}
 	s.s2c = flow{src: s.sfd, dst: s.cfd, bytes: s.d.s2c}
+	if r.redir != nil && l.join(s) {
+		l.kernelRelay(s)
+		return
+	}
 	// The client socket joins the epoll now: whatever it sent meanwhile
 	// is reported at once.
 	if err := l.add(s.cfd, s.tag); err != nil {
@@ -544,6 +553,9 @@ func (l *loop) closeSession(s *session) {
 	}
 	registered := s.state == stateOpen
 	s.state = stateClosed
+	if s.k != nil {
+		s.countKernel()
+	}
 	s.mu.Lock()
 	s.dead.Store(true)
 	for _, fd := range []int{s.cfd, s.sfd} {

@@ -39,7 +39,8 @@ type daemon struct {
 	ctx    context.Context // lifetime of the daemon; cancelled by stop
 	cancel context.CancelFunc
 
-	threads int // [io] threads as at start: the routes' loops
+	threads     int  // [io] threads as at start: the routes' loops
+	kernelRelay bool // [io] kernel_relay as at start
 
 	mu     sync.Mutex // serialises start, reload and stop
 	cfg    *conf.Config
@@ -293,11 +294,16 @@ func (d *daemon) preflight(cfg *conf.Config) error {
 func (d *daemon) apply(cfg *conf.Config) error {
 	d.level.Set(logLevel(cfg.Logger.Level))
 	if d.cfg == nil {
-		d.threads = cfg.IO.Threads
-	} else if cfg.IO.Threads != d.threads {
-		// Routes would otherwise run with different numbers of loops
-		// depending on whether a reload replaced them.
-		d.log.Warn("[io] threads changed: it takes effect when hamr restarts", "running", d.threads, "file", cfg.IO.Threads)
+		d.threads, d.kernelRelay = cfg.IO.Threads, cfg.IO.KernelRelay
+	} else {
+		// Routes would otherwise run differently depending on whether a
+		// reload replaced them.
+		if cfg.IO.Threads != d.threads {
+			d.log.Warn("[io] threads changed: it takes effect when hamr restarts", "running", d.threads, "file", cfg.IO.Threads)
+		}
+		if cfg.IO.KernelRelay != d.kernelRelay {
+			d.log.Warn("[io] kernel_relay changed: it takes effect when hamr restarts", "running", d.kernelRelay, "file", cfg.IO.KernelRelay)
+		}
 	}
 
 	want := make(map[string]*conf.Route, len(cfg.Routes))
@@ -456,6 +462,7 @@ func (d *daemon) addRoute(rc *conf.Route, prev *route) error {
 		MaxConnections:        rc.MaxConnections,
 		CloseListenerWhenDown: rc.CloseListenerWhenDown,
 		Loops:                 d.threads,
+		KernelRelay:           d.kernelRelay,
 	}, rt, proxy.Options{
 		Logger:      d.log,
 		Metrics:     d.pm,
