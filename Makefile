@@ -28,6 +28,9 @@ test:
 	$(GO) vet ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; exit 1; }
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The proxy's tests again with the experimental kernel relay on,
+	# handing each session to the kernel at the server's first reply.
+	HAMR_TEST_KERNEL_RELAY=1 $(GO) test -race -count=1 -timeout 10m ./proxy
 
 # Short coverage-guided runs of the fuzzers (not part of `make test`).
 fuzz:

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hamr-project/hamr/conf"
 )
 
 const sysbenchSample = `sysbench 1.0.20 (using system LuaJIT 2.1.0-beta3)
@@ -175,7 +177,20 @@ func TestConfigs(t *testing.T) {
 			t.Errorf("haproxy config lacks %q:\n%s", s, h)
 		}
 	}
+	if c := hamrConfig("127.0.0.1:8081", routes); strings.Contains(c, "[io]") {
+		t.Errorf("default hamr config has an [io] section:\n%s", c)
+	}
+	loops, kernelRelay = 3, true
+	defer func() { loops, kernelRelay = 0, false }()
+	if _, err := conf.Parse("bench.toml", []byte(hamrConfig("127.0.0.1:8081", routes))); err != nil {
+		t.Errorf("hamr config with [io] does not parse: %v", err)
+	}
 	c := hamrConfig("127.0.0.1:8081", routes)
+	for _, s := range []string{"[io]\nthreads = 3\nkernel_relay = true\n"} {
+		if !strings.Contains(c, s) {
+			t.Errorf("hamr config lacks %q:\n%s", s, c)
+		}
+	}
 	for _, s := range []string{"[routing.bulk]", "bind_port = 7001", `destinations = ["127.0.0.1:3306", "127.0.0.1:3307"]`,
 		"[routing.fo.health]", `level = "login"`, `user = "` + checkUser + `"`, "max_connections = 20000"} {
 		if !strings.Contains(c, s) {

@@ -63,6 +63,9 @@ var threads = runtime.NumCPU()
 // default, hamr's own) runs one per P, as many as HAProxy's threads.
 var loops = 0
 
+// kernelRelay turns on hamr's experimental [io] kernel_relay.
+var kernelRelay = false
+
 var allWorkloads = []string{"bulk", "pointselect", "connrate", "idle", "failover"}
 
 // quickOptions is the smoke-run configuration: every workload once, tiny.
@@ -102,6 +105,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.hamrBin, "hamr", "", "use this hamr binary instead of building ./cmd/hamr")
 	fs.IntVar(&threads, "threads", runtime.NumCPU(), "hamr's GOMAXPROCS and HAProxy's nbthread")
 	fs.IntVar(&loops, "io-threads", 0, "hamr's [io] threads (event loops per route); 0: hamr's default, one per P")
+	fs.BoolVar(&kernelRelay, "kernel-relay", false, "run hamr with [io] kernel_relay = true (experimental)")
 	fs.BoolVar(&o.noInstall, "no-install", false, "do not apt-get install missing tools")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, datadirs)")
 	fs.StringVar(&o.render, "render", "", "measure nothing: print FILE (a results.json) as Markdown")
@@ -266,13 +270,20 @@ type target struct {
 	addrs map[string]string // route name -> address to connect to
 }
 
-// cpu returns the proxy's CPU seconds so far; ok is false for direct.
+// cpu returns the CPU seconds the proxy has cost so far: its process's,
+// and the kernel's workers' (kworker threads), which run hamr's kernel
+// relay; ok is false for direct. Workers are counted for every proxy
+// alike, with whatever else they did meanwhile (little, on an idle
+// machine).
 func (t *target) cpu() (float64, bool) {
 	if t.px == nil {
 		return 0, false
 	}
 	v, err := procCPU(t.px.pid())
-	return v, err == nil
+	if err != nil {
+		return 0, false
+	}
+	return v + kworkerCPU(), true
 }
 
 // env is the shared state of a run: servers, binaries, the report.

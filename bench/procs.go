@@ -280,6 +280,31 @@ func procCPU(pid int) (float64, error) {
 	return float64(total) / clockTicks, nil
 }
 
+// kworkerCPU returns the utime+stime of the kernel's worker threads
+// (kworker/...), in seconds. A relay done by the kernel (hamr's sockmap
+// relay) runs there, and not in the proxy's process.
+func kworkerCPU() float64 {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var total uint64
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || !bytes.HasPrefix(comm, []byte("kworker")) {
+			continue
+		}
+		if u, s, err := statTimes(pid); err == nil {
+			total += u + s
+		}
+	}
+	return float64(total) / clockTicks
+}
+
 // statTimes returns utime and stime of pid in clock ticks.
 func statTimes(pid int) (utime, stime uint64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

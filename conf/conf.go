@@ -35,11 +35,14 @@ type IO struct {
 	// one per CPU hamr may use (GOMAXPROCS). Read at start only.
 	Threads int // 0-1024
 
-	// KernelRelay hands each session to the kernel once it is connected
-	// (a BPF sockmap program relays its bytes), so that queries cross
-	// hamr without waking it. Default true; where the kernel refuses
-	// (no CAP_BPF, an old kernel) hamr logs why and relays in user space.
-	// Read at start only.
+	// KernelRelay (experimental, default false) hands each IPv4 session
+	// to the kernel after its first replies (a BPF sockmap program
+	// relays its bytes), so that queries cross hamr without waking it.
+	// The kernel applies no flow control across that relay: when one
+	// side reads slower than the other sends, the bytes wait in this
+	// host's kernel memory without bound. Where the kernel refuses the
+	// program (no CAP_BPF, an old kernel) hamr logs why and relays in
+	// user space. Read at start only.
 	KernelRelay bool
 }
 

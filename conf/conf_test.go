@@ -447,7 +447,6 @@ notify_master = "/etc/hamr/n.sh master  now"
 	want := &Config{
 		File:   "d.toml",
 		Global: Global{DrainTimeout: 30 * time.Second},
-		IO:     IO{KernelRelay: true},
 		Logger: Logger{Level: "info"},
 		Admin:  Admin{Address: "127.0.0.1:8081"},
 		Health: health,
@@ -503,10 +502,10 @@ func TestIOThreads(t *testing.T) {
 	}
 }
 
-// TestKernelRelay checks [io] kernel_relay: on unless turned off.
+// TestKernelRelay checks [io] kernel_relay: off unless turned on.
 func TestKernelRelay(t *testing.T) {
 	const route = "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n"
-	for src, want := range map[string]bool{route: true, "[io]\nkernel_relay = false\n" + route: false, "[io]\nkernel_relay = true\n" + route: true} {
+	for src, want := range map[string]bool{route: false, "[io]\nkernel_relay = false\n" + route: false, "[io]\nkernel_relay = true\n" + route: true} {
 		c, err := Parse("t.toml", []byte(src))
 		if err != nil {
 			t.Fatalf("%q: %v", src, err)

@@ -107,10 +107,7 @@ func (d *decoder) global(t *table, g *Global) {
 
 func (d *decoder) io(t *table, io *IO) {
 	io.Threads, _ = t.integer("threads", 0, maxThreads, "")
-	io.KernelRelay = true
-	if b, ok := t.boolean("kernel_relay"); ok {
-		io.KernelRelay = b
-	}
+	io.KernelRelay, _ = t.boolean("kernel_relay")
 	t.done(nil)
 }
 

@@ -103,6 +103,7 @@ type flow struct {
 	eof      bool               // src ended and dst was shut down for writing
 	heard    bool               // src has sent something
 	n        int64              // bytes delivered to dst, not yet added to bytes
+	total    int64              // bytes delivered to dst and added to bytes
 	bytes    prometheus.Counter // hamr_route_bytes_total of this direction
 }
 
@@ -111,6 +112,7 @@ type flow struct {
 func (f *flow) flush() {
 	if f.n > 0 && f.bytes != nil {
 		f.bytes.Add(float64(f.n))
+		f.total += f.n
 		f.n = 0
 	}
 }

@@ -102,8 +102,14 @@ func newRouting(t testing.TB, s routing.Strategy, dests ...string) *routing.Rout
 }
 
 // kernelRelayTests runs the tests that use startRoute with the kernel
-// relay on.
+// relay on, handing each session over at the server's first reply.
 var kernelRelayTests = os.Getenv("HAMR_TEST_KERNEL_RELAY") != ""
+
+func init() {
+	if kernelRelayTests {
+		joinAfter = 0
+	}
+}
 
 // startRoute starts a proxy route on 127.0.0.1 with test defaults for the
 // fields left zero, and shuts it down at cleanup.

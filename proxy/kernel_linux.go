@@ -259,9 +259,48 @@ const (
 // kernel moves do not wake the loop.
 const kernelEvents = unix.EPOLLRDHUP | unix.EPOLLET
 
-// join hands s, just connected, to the kernel. It reports false, with
-// nothing changed, when the kernel cannot take it (not IPv4, map full);
-// the loop relays s itself then.
+// joinAfter is how many replies a session gets from its server before it
+// is handed to the kernel: a MySQL handshake takes two, and a client that
+// connects for one query and leaves costs less relayed by the loop than
+// handed over. Pooled connections and long sessions are handed over.
+// Tests lower it.
+var joinAfter uint8 = 4
+
+// maybeJoin hands s to the kernel once it has had joinAfter replies and
+// the loop holds none of its bytes. It reports whether s is open.
+func (l *loop) maybeJoin(s *session) bool {
+	switch {
+	case s.replies > joinAfter:
+		return true // the kernel could not take s
+	case s.replies < joinAfter:
+		s.replies++
+		return true
+	case !s.quiet():
+		return true // at the next reply, then
+	}
+	if !l.join(s) {
+		s.replies++ // not IPv4, or a map is full: the loop relays s
+		return true
+	}
+	return l.kernelRelay(s)
+}
+
+// quiet reports whether the loop holds none of s's bytes: whatever s's
+// sockets receive from now on may go straight through.
+func (s *session) quiet() bool {
+	for _, f := range [2]*flow{&s.c2s, &s.s2c} {
+		if len(f.pend) > 0 || f.inPipe > 0 || f.hasPipe || f.eof || f.blocked {
+			return false
+		}
+	}
+	return true
+}
+
+// join puts s's sockets in the maps. It reports false, with nothing
+// changed, when the kernel cannot take s (not IPv4, a map full).
+//
+// The bytes the loop relayed are all written: those the sockets hold
+// now, or get from now on, the kernel relays after them, in order.
 func (l *loop) join(s *session) bool {
 	rd := l.r.redir
 	ck, ok1 := keyOf(s.cfd)
@@ -288,6 +327,7 @@ func (l *loop) join(s *session) bool {
 		}
 	}
 	s.k = &kstate{ckey: ck, skey: sk}
+	s.k.counted = [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)}
 	// Bytes that arrived before a socket ran the program wait in it for
 	// the next segment: setting SO_RCVLOWAT has TCP run it now.
 	rawSetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
@@ -313,51 +353,21 @@ func tcpCounts(fd int) (recv, written uint64, ok bool) {
 // kernelEvent handles an epoll event on a socket of a session the
 // kernel relays: the end of one direction, or an error.
 func (l *loop) kernelEvent(s *session, fd int, ev uint32) {
-	if s.killed() {
-		l.closeSession(s)
-		return
-	}
-	if ev&unix.EPOLLERR != 0 {
-		if fd == s.sfd && l.kernelUnspoken(s) {
-			l.kernelRedial(s, errSilentEOF)
-			return
-		}
+	if s.killed() || ev&unix.EPOLLERR != 0 {
 		l.closeSession(s)
 		return
 	}
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0 {
 		return
 	}
-	f, dir := &s.c2s, c2s
+	dir := c2s
 	if fd == s.sfd {
-		f, dir = &s.s2c, s2c
-		if l.kernelUnspoken(s) {
-			l.kernelRedial(s, errSilentEOF)
-			return
-		}
+		dir = s2c
 	}
-	if f.eof || s.k.wait[dir] != 0 {
-		return
+	if [2]*flow{&s.c2s, &s.s2c}[dir].eof || s.k.wait[dir] != 0 {
+		return // ended, or waiting for the kernel already
 	}
 	l.kernelEOF(s, dir)
-}
-
-// kernelUnspoken is unspoken for a session the kernel relays: the
-// client sent nothing, and nothing of the server's reached it.
-func (l *loop) kernelUnspoken(s *session) bool {
-	crecv, cwritten, ok1 := tcpCounts(s.cfd)
-	srecv, _, ok2 := tcpCounts(s.sfd)
-	return ok1 && ok2 && crecv == 0 && cwritten == 0 && srecv <= 1 && !s.c2s.eof
-}
-
-// kernelRedial takes s back from the kernel and sends its client on to
-// the next destination (see redial).
-func (l *loop) kernelRedial(s *session, err error) {
-	rd := l.r.redir
-	mapDelete(rd.members, &s.k.ckey) // the client socket leaves the maps
-	mapDelete(rd.peers, &s.k.skey)
-	s.k = nil
-	l.redial(s, err)
 }
 
 // Delays between checks of a direction that ended while the kernel
@@ -460,22 +470,19 @@ func (s *session) countKernel() {
 }
 
 // kernelRelay finishes handing s to the kernel after join: its sockets
-// wait in the loop's epoll for their ends only.
-func (l *loop) kernelRelay(s *session) {
-	r := l.r
+// wait in the loop's epoll for their ends only. It reports whether s is
+// open.
+func (l *loop) kernelRelay(s *session) bool {
 	s.d.kernel.Inc()
-	ev := unix.EpollEvent{Events: kernelEvents, Fd: int32(s.cfd), Pad: int32(s.tag)}
-	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.cfd, &ev); err != nil {
-		r.log.Error("client closed", "err", fmt.Errorf("epoll_ctl: %w", err))
-		l.closeSession(s)
-		return
+	for _, fd := range [2]int{s.cfd, s.sfd} {
+		ev := unix.EpollEvent{Events: kernelEvents, Fd: int32(fd), Pad: int32(s.tag)}
+		if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+			l.r.log.Error("client closed", "err", fmt.Errorf("epoll_ctl: %w", err))
+			l.closeSession(s)
+			return false
+		}
 	}
-	ev.Fd = int32(s.sfd)
-	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.sfd, &ev); err != nil {
-		r.log.Error("client closed", "err", fmt.Errorf("epoll_ctl: %w", err))
-		l.closeSession(s)
-		return
-	}
+	return true
 }
 
 // kernelRoutes are the started Routes with a kernel relay, for

@@ -297,7 +297,7 @@ func (l *loop) runReady() {
 	l.ready, l.spare = l.spare[:0], l.ready
 	for i, rf := range l.spare {
 		l.spare[i] = readyFlow{}
-		if rf.s.state == stateOpen {
+		if rf.s.state == stateOpen && rf.s.k == nil { // not handed to the kernel meanwhile
 			l.pumpOrClose(rf.s, rf.f, true)
 		}
 	}

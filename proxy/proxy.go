@@ -39,11 +39,13 @@ type Config struct {
 	// as HAProxy runs nbthread threads.
 	Loops int
 
-	// KernelRelay hands each IPv4 session to the kernel once it is
-	// connected (a BPF sockmap program moves its bytes from socket to
+	// KernelRelay hands each IPv4 session to the kernel after its first
+	// replies (a BPF sockmap program moves its bytes from socket to
 	// socket), so that queries and results cross the proxy without
-	// waking it. Where the kernel refuses the program (no CAP_BPF, an old
-	// kernel), Start logs why and the loops relay every session.
+	// waking it. The kernel applies no flow control across the relay: a
+	// side that reads slower than the other sends makes the kernel queue
+	// the difference. Where the kernel refuses the program (no CAP_BPF,
+	// an old kernel), Start logs why and the loops relay every session.
 	KernelRelay bool
 }
 

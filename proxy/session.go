@@ -42,6 +42,7 @@ type session struct {
 	d        *dest        // pick's destination
 	c2s, s2c flow
 	k        *kstate // set while the kernel relays s (kernel_linux.go)
+	replies  uint8   // server wake-ups so far, up to joinAfter (+1: the kernel refused s)
 
 	// mu orders the loop closing the sockets with kill shutting them
 	// down from another goroutine, so that kill never touches a
@@ -456,6 +457,9 @@ func (l *loop) pumpOrClose(s *session, f *flow, drain bool) bool {
 		l.closeSession(s)
 		return false
 	}
+	if f == &s.s2c && l.r.redir != nil {
+		return l.maybeJoin(s)
+	}
 	return true
 }
 
@@ -513,10 +517,6 @@ func (l *loop) connected(s *session, ev uint32) {
 	s.state = stateOpen // from here on closeSession unregisters s
 	s.c2s = flow{src: s.cfd, dst: s.sfd, bytes: s.d.c2s}
 	s.s2c = flow{src: s.sfd, dst: s.cfd, bytes: s.d.s2c}
-	if r.redir != nil && l.join(s) {
-		l.kernelRelay(s)
-		return
-	}
 	// The client socket joins the epoll now: whatever it sent meanwhile
 	// is reported at once.
 	if err := l.add(s.cfd, s.tag); err != nil {

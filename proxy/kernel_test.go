@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hamr-project/hamr/routing"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// kernelRoute starts a route with the kernel relay on. As root, a kernel
+// that refuses the relay fails the test; otherwise it is skipped.
+func kernelRoute(t *testing.T, rt *routing.Route, reg *prometheus.Registry) *Route {
+	t.Helper()
+	p := startRoute(t, Config{Name: "k", KernelRelay: true}, rt, Options{Metrics: NewMetrics(reg)})
+	if p.redir == nil {
+		if os.Geteuid() != 0 {
+			t.Skip("the kernel relay needs CAP_BPF: run as root")
+		}
+		t.Fatal("kernel relay unavailable although running as root (see the route's log)")
+	}
+	return p
+}
+
+// chatRounds is how many exchanges the chat protocol makes before its
+// bulk part: more than joinAfter, so that the session is handed over.
+const chatRounds = 6
+
+// chatServer speaks first (a 4-byte greeting, as a MySQL server does),
+// echoes chatRounds 4-byte messages, then runs serve on the connection.
+func chatServer(t testing.TB, serve func(net.Conn)) func(net.Conn) {
+	return func(c net.Conn) {
+		if _, err := c.Write([]byte("helo")); err != nil {
+			t.Errorf("server greeting: %v", err)
+			return
+		}
+		var b [4]byte
+		for range chatRounds {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				t.Errorf("server read: %v", err)
+				return
+			}
+			if _, err := c.Write(b[:]); err != nil {
+				t.Errorf("server write: %v", err)
+				return
+			}
+		}
+		serve(c)
+	}
+}
+
+// chat is chatServer's client side.
+func chat(t testing.TB, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var b [4]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil || string(b[:]) != "helo" {
+		t.Fatalf("greeting %q, %v", b, err)
+	}
+	for i := range chatRounds {
+		msg := []byte{'m', 's', 'g', byte('0' + i)}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, b[:]); err != nil || !bytes.Equal(b[:], msg) {
+			t.Fatalf("echo %q, %v; want %q", b, err, msg)
+		}
+	}
+	c.SetDeadline(time.Time{})
+}
+
+// TestKernelRelay checks a session the kernel relays as a user would: a
+// chat, then 10 MiB each way with a half-close in between, intact and in
+// order; the bytes never pass through the proxy's read(2) and write(2)
+// (see TestCopySplices for the method); the sessions and bytes are
+// counted.
+func TestKernelRelay(t *testing.T) {
+	const n = halfCloseSize
+	up, down := payload(5, n), payload(6, n)
+	be := newBackend(t, chatServer(t, halfCloseServer(t, up, down)))
+	reg := prometheus.NewRegistry()
+	p := kernelRoute(t, newRouting(t, routing.FirstAvailable, be.addr()), reg)
+
+	c := dialProxy(t, p)
+	chat(t, c)
+	before := ioChars(t)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write(up); err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	got, err := io.Copy(h, c)
+	if err != nil || got != n || !bytes.Equal(h.Sum(nil), sum(down)) {
+		t.Fatalf("client read %d bytes (%v), hash match %v; want %d", got, err, bytes.Equal(h.Sum(nil), sum(down)), n)
+	}
+	// The endpoints account for 4n (each byte written and read once
+	// each way); a relay in user space would add as much again.
+	if extra := ioChars(t) - before - 4*n; extra > 2*n/100 {
+		t.Errorf("the proxy moved %d bytes through read/write for %d bytes of traffic: the kernel is not relaying", extra, 2*n)
+	}
+
+	labels := map[string]string{"route": "k", "destination": be.addr()}
+	if v := scraped(t, reg, "hamr_route_kernel_sessions_total", labels); v != 1 {
+		t.Errorf("hamr_route_kernel_sessions_total = %v, want 1", v)
+	}
+	chatBytes := 4 * chatRounds
+	for dir, want := range map[string]int{"client_to_server": chatBytes + n, "server_to_client": 4 + chatBytes + n} {
+		labels["direction"] = dir
+		if v := scraped(t, reg, "hamr_route_bytes_total", labels); v != float64(want) {
+			t.Errorf("hamr_route_bytes_total{direction=%q} = %v, want %d", dir, v, want)
+		}
+	}
+}
+
+// TestKernelRelaySlowReader checks that a server that stops reading for
+// a while loses nothing: once it reads again, every byte the client sent
+// arrives, in order. (The kernel queues what the server does not take;
+// it does not stop the client, which is why the relay is opt-in.)
+func TestKernelRelaySlowReader(t *testing.T) {
+	const total = 32 << 20
+	release := make(chan struct{})
+	type result struct {
+		n   int64
+		sum []byte
+	}
+	received := make(chan result, 1)
+	be := newBackend(t, chatServer(t, func(c net.Conn) {
+		<-release
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if err != nil {
+			t.Errorf("server read: %v", err)
+		}
+		received <- result{n, h.Sum(nil)}
+	}))
+	p := kernelRoute(t, newRouting(t, routing.FirstAvailable, be.addr()), prometheus.NewRegistry())
+	c := dialProxy(t, p)
+	chat(t, c)
+
+	up := payload(7, total)
+	c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	sent, err := c.Write(up)
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client write after %d bytes: %v", sent, err)
+	}
+	close(release)
+	c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if sent < total {
+		n, err := c.Write(up[sent:])
+		if sent += n; err != nil {
+			t.Fatalf("client write after %d bytes: %v", sent, err)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-received:
+		if r.n != total || !bytes.Equal(r.sum, sum(up)) {
+			t.Errorf("server read %d bytes (hash match %v), want %d", r.n, bytes.Equal(r.sum, sum(up)), total)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server never saw the end of the stream")
+	}
+}
+
+// TestKernelRelayIPv4Only checks that an IPv6 session, which the
+// kernel relay does not take, is relayed by the loop.
+func TestKernelRelayIPv4Only(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ln.Close()
+	be := newBackendAt(t, "[::1]:0", chatServer(t, echo))
+	reg := prometheus.NewRegistry()
+	p := startRoute(t, Config{Name: "k", Addr: "[::1]:0", KernelRelay: true}, newRouting(t, routing.FirstAvailable, be.addr()), Options{Metrics: NewMetrics(reg)})
+	if p.redir == nil && os.Geteuid() != 0 {
+		t.Skip("the kernel relay needs CAP_BPF: run as root")
+	}
+	c := dialProxy(t, p)
+	chat(t, c)
+	if err := roundTrip(c, "after the chat"); err != nil {
+		t.Fatal(err)
+	}
+	if v := scraped(t, reg, "hamr_route_kernel_sessions_total", map[string]string{"route": "k"}); v != 0 {
+		t.Errorf("hamr_route_kernel_sessions_total = %v, want 0 for IPv6", v)
+	}
+}
