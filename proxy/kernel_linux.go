@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -109,6 +110,10 @@ func bpf(cmd int, attr unsafe.Pointer, size uintptr) (int, error) {
 // newRedirector creates the sockhash for up to n sockets and attaches
 // the program to it.
 func newRedirector(n int) (*redirector, error) {
+	if unsafe.Sizeof(uintptr(0)) != 8 || binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return nil, errors.New("the kernel relay is built for 64-bit little-endian machines")
+	}
+	n = min(max(n, 2), 1<<24)
 	peers, err := newSockhash(n)
 	if err != nil {
 		return nil, err
@@ -269,27 +274,43 @@ var joinAfter uint8 = 4
 // maybeJoin hands s to the kernel once it has had joinAfter replies and
 // the loop holds none of its bytes. It reports whether s is open.
 func (l *loop) maybeJoin(s *session) bool {
-	switch {
-	case s.replies > joinAfter:
+	if s.replies > joinAfter {
 		return true // the kernel could not take s
-	case s.replies < joinAfter:
-		s.replies++
-		return true
-	case !s.quiet():
+	}
+	if s.replies < joinAfter {
+		if s.replies++; s.replies < joinAfter {
+			return true
+		}
+	}
+	if !s.quiet() {
 		return true // at the next reply, then
 	}
-	if !l.join(s) {
+	switch l.join(s) {
+	case joinRefused:
 		s.replies++ // not IPv4, or a map is full: the loop relays s
 		return true
+	case joinBroken:
+		return false
 	}
 	return l.kernelRelay(s)
 }
 
-// quiet reports whether the loop holds none of s's bytes: whatever s's
-// sockets receive from now on may go straight through.
+// Outcomes of join.
+const (
+	joined      = iota
+	joinRefused // nothing changed: the loop relays s
+	joinBroken  // s was closed: it was half handed over
+)
+
+// quiet reports whether the loop holds none of s's bytes and has read
+// no part of a segment its sockets still hold: the kernel takes queued
+// segments whole, so a half-read one would be sent twice.
 func (s *session) quiet() bool {
 	for _, f := range [2]*flow{&s.c2s, &s.s2c} {
 		if len(f.pend) > 0 || f.inPipe > 0 || f.hasPipe || f.eof || f.blocked {
+			return false
+		}
+		if n, err := unix.IoctlGetInt(f.src, unix.SIOCINQ); err != nil || n != 0 {
 			return false
 		}
 	}
@@ -301,12 +322,12 @@ func (s *session) quiet() bool {
 //
 // The bytes the loop relayed are all written: those the sockets hold
 // now, or get from now on, the kernel relays after them, in order.
-func (l *loop) join(s *session) bool {
+func (l *loop) join(s *session) int {
 	rd := l.r.redir
 	ck, ok1 := keyOf(s.cfd)
 	sk, ok2 := keyOf(s.sfd)
 	if !ok1 || !ok2 {
-		return false
+		return joinRefused
 	}
 	steps := []struct {
 		m  int
@@ -319,11 +340,20 @@ func (l *loop) join(s *session) bool {
 		{rd.members, &sk, s.sfd},
 	}
 	for i, st := range steps {
-		if mapUpdate(st.m, st.k, st.fd) != nil {
-			for _, done := range steps[:i] {
-				mapDelete(done.m, done.k)
+		if err := mapUpdate(st.m, st.k, st.fd); err != nil {
+			if i < 3 {
+				// Only the peers map holds them yet, and it runs nothing.
+				for _, done := range steps[:i] {
+					mapDelete(done.m, done.k)
+				}
+				return joinRefused
 			}
-			return false
+			// The client socket runs the program already: what it has
+			// redirected waits in the kernel, and taking the socket
+			// out would drop it. End the session rather than lose bytes.
+			l.r.log.Warn("client closed: handing its session to the kernel failed halfway", "client", peer(s.cfd), "err", err)
+			l.closeSession(s)
+			return joinBroken
 		}
 	}
 	s.k = &kstate{ckey: ck, skey: sk}
@@ -332,7 +362,7 @@ func (l *loop) join(s *session) bool {
 	// the next segment: setting SO_RCVLOWAT has TCP run it now.
 	rawSetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
 	rawSetsockoptInt(s.cfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
-	return true
+	return joined
 }
 
 // tcpCounts returns how many bytes of data fd has received (a FIN
@@ -458,8 +488,11 @@ func (s *session) countKernel() {
 		if dir == c2s {
 			n = max(n, 1) - 1 // the SYN
 		}
-		if f.eof {
+		switch {
+		case f.eof:
 			n = min(n, k.final[dir]) // not the FIN
+		case s.killed():
+			n = max(n, 1) - 1 // kill's shutdown queued a FIN
 		}
 		if n > k.counted[dir] {
 			f.n += int64(n - k.counted[dir])
@@ -522,19 +555,22 @@ func countKernelSessions() {
 		return
 	}
 	done := make(chan struct{}, len(loops))
+	posted := 0
 	for _, l := range loops {
-		l.post(func(l *loop) {
+		if l.tryPost(func(l *loop) {
 			for fd, s := range l.table {
 				if s != nil && s.k != nil && s.state == stateOpen && fd == s.cfd {
 					s.countKernel()
 				}
 			}
 			done <- struct{}{}
-		})
+		}) {
+			posted++
+		}
 	}
 	timeout := time.NewTimer(countWait)
 	defer timeout.Stop()
-	for range loops {
+	for range posted {
 		select {
 		case <-done:
 		case <-timeout.C:

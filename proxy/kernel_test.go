@@ -21,7 +21,7 @@ func kernelRoute(t *testing.T, rt *routing.Route, reg *prometheus.Registry) *Rou
 	p := startRoute(t, Config{Name: "k", KernelRelay: true}, rt, Options{Metrics: NewMetrics(reg)})
 	if p.redir == nil {
 		if os.Geteuid() != 0 {
-			t.Skip("the kernel relay needs CAP_BPF: run as root")
+			t.Skip("the kernel relay needs CAP_BPF and CAP_NET_ADMIN: run as root")
 		}
 		t.Fatal("kernel relay unavailable although running as root (see the route's log)")
 	}
@@ -195,4 +195,50 @@ func TestKernelRelayIPv4Only(t *testing.T) {
 	if v := scraped(t, reg, "hamr_route_kernel_sessions_total", map[string]string{"route": "k"}); v != 0 {
 		t.Errorf("hamr_route_kernel_sessions_total = %v, want 0 for IPv6", v)
 	}
+}
+
+// TestQuietWantsEmptySockets checks that a session is not handed to the
+// kernel while one of its sockets holds unread bytes: the kernel would
+// take their segment whole, and send again what the loop already read.
+func TestQuietWantsEmptySockets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	raw, err := b.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s session
+	raw.Control(func(fd uintptr) {
+		s.c2s.src, s.s2c.src = int(fd), int(fd)
+		if !s.quiet() {
+			t.Error("quiet() = false with both sockets empty")
+		}
+	})
+	if _, err := a.Write([]byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the bytes to arrive", func() bool {
+		q := true
+		raw.Control(func(uintptr) { q = s.quiet() })
+		return !q
+	})
+	io.ReadFull(b, make([]byte, 10))
+	raw.Control(func(uintptr) {
+		if !s.quiet() {
+			t.Error("quiet() = false once the bytes were read")
+		}
+	})
 }

@@ -50,6 +50,7 @@ type loop struct {
 	cmds   []func(*loop)
 	run    []func(*loop) // cmds being run; swapped with cmds
 	exited bool          // the loop has released its descriptors: post drops commands
+	ending bool          // exit was posted: a command may never run
 }
 
 // Tags in the high half of an epoll event's data: which kind of
@@ -146,6 +147,19 @@ func (l *loop) post(fn func(*loop)) {
 		rawWrite(l.efd, one[:])
 	}
 	l.mu.Unlock()
+}
+
+// tryPost is post that reports whether fn was queued: false once the
+// loop has ended, or is ending (exit was posted).
+func (l *loop) tryPost(fn func(*loop)) bool {
+	l.mu.Lock()
+	ending := l.exited || l.ending
+	l.mu.Unlock()
+	if ending {
+		return false
+	}
+	l.post(fn)
+	return true
 }
 
 // call runs fn on the loop's goroutine and waits for it. It must not be

@@ -44,8 +44,8 @@ type Config struct {
 	// socket), so that queries and results cross the proxy without
 	// waking it. The kernel applies no flow control across the relay: a
 	// side that reads slower than the other sends makes the kernel queue
-	// the difference. Where the kernel refuses the program (no CAP_BPF,
-	// an old kernel), Start logs why and the loops relay every session.
+	// the difference. Where the kernel refuses the program (no CAP_BPF
+	// or CAP_NET_ADMIN, an old kernel), Start logs why and the loops relay every session.
 	KernelRelay bool
 }
 
@@ -497,11 +497,14 @@ func (r *Route) stopLoops() {
 	}
 	r.unwatch = nil
 	r.mu.Unlock()
-	for _, l := range r.loops {
-		l.post(func(l *loop) { l.closed = true })
-	}
 	if r.redir != nil {
-		trackKernelRoute(r, false)
+		trackKernelRoute(r, false) // no scrape waits for loops that end
+	}
+	for _, l := range r.loops {
+		l.mu.Lock()
+		l.ending = true
+		l.mu.Unlock()
+		l.post(func(l *loop) { l.closed = true })
 	}
 	r.loopsWG.Wait()
 	if r.redir != nil {
