@@ -487,31 +487,23 @@ func dump(c *Config) string {
 	return s
 }
 
-// TestIOThreads: [io] threads sets the routes' event loops; unset, it is
-// 0, one per CPU.
-func TestIOThreads(t *testing.T) {
+// TestIO checks the [io] keys and their defaults: threads 0, the kernel
+// relay off.
+func TestIO(t *testing.T) {
 	const route = "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n"
-	for src, want := range map[string]int{route: 0, "[io]\nthreads = 1\n" + route: 1, "[io]\nthreads = 0\n" + route: 0} {
+	for src, want := range map[string]IO{
+		route:                                  {},
+		"[io]\nthreads = 1\n" + route:          {Threads: 1},
+		"[io]\nthreads = 0\n" + route:          {},
+		"[io]\nkernel_relay = false\n" + route: {},
+		"[io]\nkernel_relay = true\n" + route:  {KernelRelay: true},
+	} {
 		c, err := Parse("t.toml", []byte(src))
 		if err != nil {
 			t.Fatalf("%q: %v", src, err)
 		}
-		if c.IO.Threads != want {
-			t.Errorf("%q: threads = %d, want %d", src, c.IO.Threads, want)
-		}
-	}
-}
-
-// TestKernelRelay checks [io] kernel_relay: off unless turned on.
-func TestKernelRelay(t *testing.T) {
-	const route = "[routing.rw]\nbind_port = 7001\nmode = \"read-write\"\ndestinations = [\"10.0.0.1:3306\"]\n"
-	for src, want := range map[string]bool{route: false, "[io]\nkernel_relay = false\n" + route: false, "[io]\nkernel_relay = true\n" + route: true} {
-		c, err := Parse("t.toml", []byte(src))
-		if err != nil {
-			t.Fatalf("%q: %v", src, err)
-		}
-		if c.IO.KernelRelay != want {
-			t.Errorf("%q: kernel_relay = %v, want %v", src, c.IO.KernelRelay, want)
+		if c.IO != want {
+			t.Errorf("%q: [io] = %+v, want %+v", src, c.IO, want)
 		}
 	}
 }

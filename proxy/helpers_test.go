@@ -135,6 +135,9 @@ func startRoute(t testing.TB, cfg Config, rt *routing.Route, opts Options) *Rout
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
+	if kernelRelayTests && p.redir == nil && os.Geteuid() == 0 {
+		t.Fatal("HAMR_TEST_KERNEL_RELAY is set but the kernel refused the relay (see the route's log)")
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -150,7 +150,7 @@ func newRedirector(n int) (*redirector, error) {
 	copy(progAttr.name[:], "hamr_relay")
 	if rd.prog, err = bpf(unix.BPF_PROG_LOAD, unsafe.Pointer(&progAttr), unsafe.Sizeof(progAttr)); err != nil {
 		rd.close()
-		return nil, fmt.Errorf("bpf prog_load: %w: %s", err, cstring(logBuf))
+		return nil, fmt.Errorf("bpf prog_load: %w: %s", err, unix.ByteSliceToString(logBuf))
 	}
 	attach := struct {
 		target, prog, typ uint32
@@ -172,15 +172,6 @@ func newSockhash(n int) (int, error) {
 		return -1, fmt.Errorf("bpf map_create sockhash: %w", err)
 	}
 	return fd, nil
-}
-
-func cstring(b []byte) string {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i])
-		}
-	}
-	return string(b)
 }
 
 // close releases the map and the program. Sockets still in the map
@@ -244,13 +235,11 @@ func mapDelete(m int, k *sockKey) {
 	bpf(unix.BPF_MAP_DELETE_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
 }
 
-// kstate is what a session relayed by the kernel keeps: the keys of
-// its sockets, and what its byte counters were last given.
+// kstate is what a session relayed by the kernel keeps, by direction.
 type kstate struct {
-	ckey, skey sockKey
-	counted    [2]uint64 // bytes of c2s and s2c added to the counters
-	final      [2]uint64 // bytes written in a direction when it ended
-	wait       [2]int64  // next drain check's delay, while a direction waits
+	counted [2]uint64 // bytes added to the counters
+	final   [2]uint64 // bytes written when the direction ended
+	wait    [2]int64  // next drain check's delay, while the direction waits
 }
 
 // Direction indexes of kstate's arrays.
@@ -258,6 +247,14 @@ const (
 	c2s = 0
 	s2c = 1
 )
+
+// flow returns s's flow in direction dir.
+func (s *session) flow(dir int) *flow {
+	if dir == c2s {
+		return &s.c2s
+	}
+	return &s.s2c
+}
 
 // kernelEvents is the epoll interest of a session relayed by the kernel:
 // only its ends (and errors, always reported), so that the bytes the
@@ -306,7 +303,8 @@ const (
 // no part of a segment its sockets still hold: the kernel takes queued
 // segments whole, so a half-read one would be sent twice.
 func (s *session) quiet() bool {
-	for _, f := range [2]*flow{&s.c2s, &s.s2c} {
+	for dir := range 2 {
+		f := s.flow(dir)
 		if len(f.pend) > 0 || f.inPipe > 0 || f.hasPipe || f.eof || f.blocked {
 			return false
 		}
@@ -317,8 +315,9 @@ func (s *session) quiet() bool {
 	return true
 }
 
-// join puts s's sockets in the maps. It reports false, with nothing
-// changed, when the kernel cannot take s (not IPv4, a map full).
+// join puts s's sockets in the maps. It reports joinRefused, with
+// nothing changed, when the kernel cannot take s (not IPv4, a map full),
+// and joinBroken, with s closed, when it took only part of it.
 //
 // The bytes the loop relayed are all written: those the sockets hold
 // now, or get from now on, the kernel relays after them, in order.
@@ -356,8 +355,7 @@ func (l *loop) join(s *session) int {
 			return joinBroken
 		}
 	}
-	s.k = &kstate{ckey: ck, skey: sk}
-	s.k.counted = [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)}
+	s.k = &kstate{counted: [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)}}
 	// Bytes that arrived before a socket ran the program wait in it for
 	// the next segment: setting SO_RCVLOWAT has TCP run it now.
 	rawSetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
@@ -365,19 +363,33 @@ func (l *loop) join(s *session) int {
 	return joined
 }
 
-// tcpCounts returns how many bytes of data fd has received (a FIN
-// counts one) and how many were written to it (acknowledged or queued;
-// a SYN or FIN sent counts one).
-func tcpCounts(fd int) (recv, written uint64, ok bool) {
+// received returns the bytes of data fd has received (a FIN counts one).
+func received(fd int) (uint64, bool) {
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
+	}
+	return ti.Bytes_received, true
+}
+
+// written returns the bytes written to dir's destination socket,
+// acknowledged or queued, by the loop and the kernel; a FIN sent counts
+// one, the SYN the server socket sent does not.
+func (s *session) written(dir int) (uint64, bool) {
+	fd := s.flow(dir).dst
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, false
 	}
 	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
-	return ti.Bytes_received, ti.Bytes_acked + uint64(q), true
+	n := ti.Bytes_acked + uint64(q)
+	if dir == c2s {
+		n = max(n, 1) - 1 // the SYN
+	}
+	return n, true
 }
 
 // kernelEvent handles an epoll event on a socket of a session the
@@ -394,7 +406,7 @@ func (l *loop) kernelEvent(s *session, fd int, ev uint32) {
 	if fd == s.sfd {
 		dir = s2c
 	}
-	if [2]*flow{&s.c2s, &s.s2c}[dir].eof || s.k.wait[dir] != 0 {
+	if s.flow(dir).eof || s.k.wait[dir] != 0 {
 		return // ended, or waiting for the kernel already
 	}
 	l.kernelEOF(s, dir)
@@ -413,15 +425,10 @@ const (
 // delay (the kernel's worker usually needs microseconds; a destination
 // that does not read holds it longer).
 func (l *loop) kernelEOF(s *session, dir int) {
-	src, dst, syn := s.cfd, s.sfd, uint64(1) // the server socket sent a SYN
-	f := &s.c2s
-	if dir == s2c {
-		src, dst, syn, f = s.sfd, s.cfd, 0, &s.s2c
-	}
-	recv, _, ok1 := tcpCounts(src)
-	_, written, ok2 := tcpCounts(dst)
+	f := s.flow(dir)
+	recv, ok1 := received(f.src)
 	recv = max(recv, 1) - 1 // the FIN
-	if ok1 && ok2 && max(written, syn)-syn < recv {
+	if out, ok2 := s.written(dir); ok1 && ok2 && out < recv {
 		w := &s.k.wait[dir]
 		*w = min(max(2**w, firstDrainWait), maxDrainWait)
 		l.drains = append(l.drains, drainTimer{at: l.now + *w, s: s, dir: dir})
@@ -431,7 +438,7 @@ func (l *loop) kernelEOF(s *session, dir int) {
 	s.k.final[dir] = recv
 	f.eof = true
 	s.countKernel() // counted before dst can see the end
-	if err := rawShutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+	if err := rawShutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 		l.closeSession(s)
 		return
 	}
@@ -480,13 +487,11 @@ func (l *loop) nextDrain() int64 {
 // count to its destination's counters: what it wrote to each socket.
 func (s *session) countKernel() {
 	k := s.k
-	for dir, f := range [2]*flow{&s.c2s, &s.s2c} {
-		_, n, ok := tcpCounts(f.dst)
+	for dir := range 2 {
+		f := s.flow(dir)
+		n, ok := s.written(dir)
 		if !ok {
 			continue
-		}
-		if dir == c2s {
-			n = max(n, 1) - 1 // the SYN
 		}
 		switch {
 		case f.eof:

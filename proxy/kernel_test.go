@@ -14,11 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// kernelRoute starts a route with the kernel relay on. As root, a kernel
-// that refuses the relay fails the test; otherwise it is skipped.
-func kernelRoute(t *testing.T, rt *routing.Route, reg *prometheus.Registry) *Route {
+// kernelRoute starts a route named "k" on addr ("" for 127.0.0.1) with
+// the kernel relay on. As root, a kernel that refuses the relay fails
+// the test; otherwise it is skipped.
+func kernelRoute(t *testing.T, addr string, rt *routing.Route, reg *prometheus.Registry) *Route {
 	t.Helper()
-	p := startRoute(t, Config{Name: "k", KernelRelay: true}, rt, Options{Metrics: NewMetrics(reg)})
+	p := startRoute(t, Config{Name: "k", Addr: addr, KernelRelay: true}, rt, Options{Metrics: NewMetrics(reg)})
 	if p.redir == nil {
 		if os.Geteuid() != 0 {
 			t.Skip("the kernel relay needs CAP_BPF and CAP_NET_ADMIN: run as root")
@@ -85,7 +86,7 @@ func TestKernelRelay(t *testing.T) {
 	up, down := payload(5, n), payload(6, n)
 	be := newBackend(t, chatServer(t, halfCloseServer(t, up, down)))
 	reg := prometheus.NewRegistry()
-	p := kernelRoute(t, newRouting(t, routing.FirstAvailable, be.addr()), reg)
+	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), reg)
 
 	c := dialProxy(t, p)
 	chat(t, c)
@@ -142,7 +143,7 @@ func TestKernelRelaySlowReader(t *testing.T) {
 		}
 		received <- result{n, h.Sum(nil)}
 	}))
-	p := kernelRoute(t, newRouting(t, routing.FirstAvailable, be.addr()), prometheus.NewRegistry())
+	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), prometheus.NewRegistry())
 	c := dialProxy(t, p)
 	chat(t, c)
 
@@ -183,10 +184,7 @@ func TestKernelRelayIPv4Only(t *testing.T) {
 	ln.Close()
 	be := newBackendAt(t, "[::1]:0", chatServer(t, echo))
 	reg := prometheus.NewRegistry()
-	p := startRoute(t, Config{Name: "k", Addr: "[::1]:0", KernelRelay: true}, newRouting(t, routing.FirstAvailable, be.addr()), Options{Metrics: NewMetrics(reg)})
-	if p.redir == nil && os.Geteuid() != 0 {
-		t.Skip("the kernel relay needs CAP_BPF: run as root")
-	}
+	p := kernelRoute(t, "[::1]:0", newRouting(t, routing.FirstAvailable, be.addr()), reg)
 	c := dialProxy(t, p)
 	chat(t, c)
 	if err := roundTrip(c, "after the chat"); err != nil {
