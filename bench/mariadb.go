@@ -42,11 +42,14 @@ func installMariaDB(dir string) error {
 	if err != nil {
 		return err
 	}
-	data := filepath.Join(dir, "data")
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return fmt.Errorf("create datadir: %w", err)
+	data, tmp := filepath.Join(dir, "data"), filepath.Join(dir, "tmp")
+	for _, d := range []string{data, tmp} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
 	}
-	cmd := exec.Command(bin, "--no-defaults", "--user=root", "--datadir="+data,
+	// Its own tmpdir, not the /tmp that other MariaDB servers share.
+	cmd := exec.Command(bin, "--no-defaults", "--user=root", "--datadir="+data, "--tmpdir="+tmp,
 		"--auth-root-authentication-method=socket", "--skip-test-db")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -81,10 +84,15 @@ func (m *mariadb) start() error {
 	if m.ramMiB == 0 {
 		m.ramMiB = 256
 	}
+	tmp := filepath.Join(m.dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
 	p, err := startProcess(m.name, bin,
 		"--no-defaults",
 		"--user=root",
 		"--datadir="+filepath.Join(m.dir, "data"),
+		"--tmpdir="+tmp,
 		"--port="+strconv.Itoa(m.port),
 		"--bind-address=127.0.0.1",
 		"--socket="+m.socket(),

@@ -74,6 +74,7 @@ type Server struct {
 	Index   int
 	Port    int
 	DataDir string
+	TmpDir  string // the server's own tmpdir (see install)
 	Socket  string
 	PIDFile string
 	LogFile string // the server's error log
@@ -165,6 +166,7 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 			Index:   i,
 			Port:    port,
 			DataDir: filepath.Join(dir, "data"),
+			TmpDir:  filepath.Join(dir, "tmp"),
 			Socket:  filepath.Join(dir, "mariadb.sock"),
 			PIDFile: filepath.Join(dir, "mariadbd.pid"),
 			LogFile: filepath.Join(dir, "error.log"),
@@ -175,6 +177,7 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 		s.args = append([]string{
 			"--no-defaults",
 			"--datadir=" + s.DataDir,
+			"--tmpdir=" + s.TmpDir,
 			"--port=" + strconv.Itoa(port),
 			"--bind-address=127.0.0.1",
 			"--socket=" + s.Socket,
@@ -224,12 +227,16 @@ func StartTopology(ctx context.Context, opt Options) (_ *Topology, err error) {
 // install creates the server's data directory with the system tables.
 // mariadb-install-db finds mariadbd itself (under its --basedir, /usr).
 func (s *Server) install(ctx context.Context) error {
-	if err := os.MkdirAll(filepath.Dir(s.DataDir), 0o755); err != nil {
+	if err := os.MkdirAll(s.TmpDir, 0o755); err != nil {
 		return fmt.Errorf("server %d: %w", s.Index, err)
 	}
+	// Its own tmpdir: in the shared /tmp, a bootstrap running beside
+	// another test package's MariaDB once failed to delete its own
+	// temporary table file ("Error on delete of '/tmp/#sql-temptable-…'").
 	args := []string{
 		"--no-defaults",
 		"--datadir=" + s.DataDir,
+		"--tmpdir=" + s.TmpDir,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 		"--innodb-log-file-size=4M",
@@ -247,6 +254,9 @@ func (s *Server) install(ctx context.Context) error {
 
 // start runs mariadbd and waits until root can log in over the socket.
 func (s *Server) start(ctx context.Context, mariadbd string) error {
+	if err := os.MkdirAll(s.TmpDir, 0o755); err != nil {
+		return fmt.Errorf("server %d: %w", s.Index, err)
+	}
 	s.mu.Lock()
 	cmd := exec.Command(mariadbd, s.args...)
 	// If the test binary dies without cleaning up, take the server with it.
