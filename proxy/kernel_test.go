@@ -278,3 +278,40 @@ func TestQuietWantsEmptySockets(t *testing.T) {
 		}
 	})
 }
+
+// TestKernelRelayWindowCycles runs an echo of messages of every size
+// through a session with a small window, so that the kernel and the loop
+// hand each direction back and forth many times: every message must
+// come back intact and in order.
+func TestKernelRelayWindowCycles(t *testing.T) {
+	defer func(w uint64) { relayWindow = w }(relayWindow)
+	relayWindow = 64 << 10
+	be := newBackend(t, chatServer(t, echo))
+	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), prometheus.NewRegistry())
+	c := dialProxy(t, p)
+	chat(t, c)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	data := payload(9, 1<<20)
+	got := make([]byte, len(data))
+	total := 0
+	for i := range 300 {
+		n := 1 + (i*7919)%len(data) // sizes from 1 byte to 1 MiB
+		msg := data[:n]
+		errc := make(chan error, 1)
+		go func() { // write while reading: the echo cannot hold 1 MiB
+			_, err := c.Write(msg)
+			errc <- err
+		}()
+		if _, err := io.ReadFull(c, got[:n]); err != nil {
+			t.Fatalf("message %d (%d bytes): %v", i, n, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("message %d: write: %v", i, err)
+		}
+		if !bytes.Equal(got[:n], msg) {
+			t.Fatalf("message %d (%d bytes) came back altered", i, n)
+		}
+		total += n
+	}
+	t.Logf("%d MiB echoed", total>>20)
+}
