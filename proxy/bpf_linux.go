@@ -40,7 +40,6 @@ type redirector struct {
 	state, ctl     int
 	prog           int
 	ring           *ring
-	window         uint64 // relayWindow, as the route started
 }
 
 // A relayState is a socket's value in the state map.
@@ -266,7 +265,7 @@ func newRedirector(n int, l *loop) (*redirector, error) {
 		return nil, errors.New("the kernel relay is built for 64-bit little-endian machines")
 	}
 	n = min(max(n, 2), 1<<24)
-	rd := &redirector{peers: -1, members: -1, state: -1, ctl: -1, prog: -1, window: relayWindow}
+	rd := &redirector{peers: -1, members: -1, state: -1, ctl: -1, prog: -1}
 	var err error
 	for _, m := range []struct {
 		fd                    *int

@@ -127,7 +127,7 @@ func (l *loop) join(s *session) int {
 	}
 	cst := relayState{fd: uint32(s.cfd), tag: s.tag, loop: uint32(l.idx)}
 	sst := relayState{fd: uint32(s.sfd), tag: s.tag, loop: uint32(l.idx)}
-	ctl := relayCtl{allow: rd.window, soft: rd.window / 2}
+	ctl := relayCtl{allow: relayWindow, soft: relayWindow / 2}
 	cfd, sfd := uint32(s.cfd), uint32(s.sfd)
 	steps := []struct {
 		m int
@@ -435,7 +435,7 @@ func (l *loop) overflow(fd int, tag uint32) {
 	}
 	wrote := max(out, k.base[dir]+k.out[dir]) - k.base[dir] - k.out[dir]
 	c := k.ctl[dir]
-	c.allow = max(c.allow, wrote+l.r.redir.window)
+	c.allow = max(c.allow, wrote+relayWindow)
 	c.soft = st.sent + (c.allow-st.sent)/2
 	l.setCtl(s, dir, c)
 }
@@ -520,8 +520,8 @@ func (l *loop) relayHeld(s *session, dir int) bool {
 	if st, ok = l.lookState(s, dir); !ok {
 		return false
 	}
-	w := l.r.redir.window
-	c := relayCtl{allow: st.sent + w, taken: k.out[dir], soft: st.sent + w/2}
+	c := relayCtl{allow: st.sent + relayWindow, taken: k.out[dir]}
+	c.soft = st.sent + relayWindow/2
 	if !l.setCtl(s, dir, c) {
 		return false
 	}
