@@ -26,15 +26,13 @@ import (
 // the difference without bound. So each socket has a window (see
 // relayWindow), kept in two hash maps by the same key: state, which
 // only the program writes (bytes redirected, bytes held), and ctl,
-// which only the loop writes (bytes allowed, bytes it took over, the
-// soft limit). Past the soft limit, half-way, the program asks the loop
-// through the ring buffer for more room, which the loop grants by what
-// the kernel has written since. Past the window the program stops
-// redirecting: it holds the segment in the receiving socket, where it
-// counts against the receive buffer, so TCP closes the sender's window,
-// and tells the loop. The loop waits until the kernel has written what
-// it redirected, relays what is held itself, and then opens a new
-// window (see overflow in kernel_linux.go).
+// which only the loop writes (bytes allowed, bytes it took over). Past
+// its window the program stops redirecting: it holds the segment in the
+// receiving socket, where it counts against the receive buffer, so TCP
+// closes the sender's window, and tells the loop through the ring
+// buffer. The loop waits until the kernel has written what it
+// redirected, relays what is held itself, and then opens a new window
+// (see overflow in kernel_linux.go).
 type redirector struct {
 	peers, members int
 	state, ctl     int

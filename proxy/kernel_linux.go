@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -301,27 +300,6 @@ func (l *loop) kernelEOF(s *session, dir int) {
 	}
 }
 
-// errHeldLate is pump's error when the source socket ended while bytes
-// the program held for it had not reached its queue yet.
-var errHeldLate = errors.New("held bytes still on their way")
-
-// heldAllRead reports whether the loop has read every byte the program
-// held for f's source socket. A held segment can wait in the kernel's
-// worker queue behind bytes for the other direction, and the socket
-// reports its end as soon as the queue the loop reads is empty.
-func (s *session) heldAllRead(f *flow) bool {
-	dir := c2s
-	if f == &s.s2c {
-		dir = s2c
-	}
-	var st relayState
-	received(f.src) // see lookState
-	if mapLookup(s.r.redir.state, &s.k.keys[dir], unsafe.Pointer(&st)) != nil {
-		return true // cannot tell: end as the socket says
-	}
-	return st.held <= s.k.out[dir]+uint64(f.n)+uint64(len(f.pend))
-}
-
 // kernelEnd is eof's part for a session the kernel relays, which the loop
 // ended while relaying what overflowed: the bytes are counted from what
 // was written, before dst can see the end.
@@ -433,7 +411,7 @@ func (l *loop) overflow(fd int, tag uint32) {
 	if !ok {
 		return
 	}
-	wrote := max(out, k.base[dir]+k.out[dir]) - k.base[dir] - k.out[dir]
+	wrote := out - k.base[dir] - k.out[dir]
 	c := k.ctl[dir]
 	c.allow = max(c.allow, wrote+relayWindow)
 	c.soft = st.sent + (c.allow-st.sent)/2
@@ -499,12 +477,6 @@ func (l *loop) relayHeld(s *session, dir int) bool {
 	err := l.pump(s, f, true)
 	k.out[dir] += uint64(f.n) // counted from what was written (countKernel)
 	f.n = 0
-	if err == errHeldLate {
-		// Back to waiting for the kernel, which will queue the rest.
-		k.over[dir] = overDraining
-		l.wait(s, dir, &k.owait[dir], true)
-		return l.setEvents(s)
-	}
 	if err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
 		l.closeSession(s)
 		return false

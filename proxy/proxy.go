@@ -42,11 +42,10 @@ type Config struct {
 	// KernelRelay hands each IPv4 session to the kernel after its first
 	// replies (a BPF sockmap program moves its bytes from socket to
 	// socket), so that queries and results cross the proxy without
-	// waking it. The kernel may run ahead of a slow reader by a window
-	// (4 MiB) per direction; past it the loop relays until it has caught
-	// up. Where the kernel refuses the program (no CAP_BPF or
-	// CAP_NET_ADMIN, an old kernel), Start logs why and the loops relay
-	// every session.
+	// waking it. The kernel applies no flow control across the relay: a
+	// side that reads slower than the other sends makes the kernel queue
+	// the difference. Where the kernel refuses the program (no CAP_BPF
+	// or CAP_NET_ADMIN, an old kernel), Start logs why and the loops relay every session.
 	KernelRelay bool
 }
 

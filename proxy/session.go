@@ -536,9 +536,6 @@ func (l *loop) eof(s *session, f *flow) error {
 	if f == &s.s2c && s.unspoken() {
 		return errSilentEOF // no half-close: see redial
 	}
-	if s.k != nil && !s.heldAllRead(f) {
-		return errHeldLate
-	}
 	f.eof = true
 	f.release()
 	if s.k != nil {
