@@ -217,7 +217,7 @@ func (l *loop) pump(s *session, f *flow, drain bool) error {
 			f.pend = f.pbuf[:copy(f.pbuf[:], l.buf[w:n])]
 			continue
 		}
-		if n == len(l.buf) && s.k == nil { // splice(2) would miss what the kernel relay holds
+		if n == len(l.buf) {
 			f.bulk = true // more is probably waiting: splice it
 			continue
 		}

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 	"unsafe"
@@ -10,32 +12,235 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// kstate is what a session relayed by the kernel keeps, by direction.
-type kstate struct {
-	keys    [2]sockKey // the key of the direction's source socket
-	counted [2]uint64  // bytes added to the counters
-	final   [2]uint64  // bytes written when the direction ended
-	wait    [2]int64   // next end check's delay, while the direction waits
-	base    [2]uint64  // bytes written to the destination before the join
-	out     [2]uint64  // bytes the loop wrote to the destination since
-	ctl     [2]relayCtl
-	over    [2]uint8  // overflow phase: overNone, overDraining, overRelaying
-	owait   [2]int64  // next drain check's delay, while overDraining
-	odue    [2]int64  // when that check is due (older timers are void)
-	events  [2]uint32 // epoll interest of the client and server sockets
+// A redirector hands the relaying of a session to the kernel: a BPF
+// sockhash holds both of its sockets, and a stream-verdict program sends
+// what one socket receives straight out of the other (sockmap), so that
+// a query and its result cross the proxy without waking it.
+//
+// Two sockhashes: peers, where each socket's key leads to the other
+// socket of its session, and members, which runs the program on the
+// sockets it holds. A session's sockets enter peers first, so that
+// neither runs the program before its peer can be found.
+type redirector struct {
+	peers, members, prog int
 }
 
-// Overflow phases of a direction (see overflow).
+// Verdicts, and the jump to the program's drop branch (from insn 2 to 24).
 const (
-	overNone     = iota
-	overDraining // the window ran out: waiting for the kernel to write what it redirected
-	overRelaying // the loop relays what the source socket holds
+	skDrop     = 0
+	skPass     = 1
+	jumpToDrop = 24 - 3
 )
 
-// relayWindow bounds the bytes of one direction that the kernel has
-// redirected and not yet written to the destination: the room a
-// session's flow control gives the kernel. Tests lower it.
-var relayWindow uint64 = 4 << 20
+// BPF helper number of bpf_sk_redirect_hash (include/uapi/linux/bpf.h).
+const bpfFuncSkRedirectHash = 72
+
+// keyLen is the length of a sockhash key: the receiving socket's local
+// and remote IPv4 addresses and ports, as the program reads them from
+// the __sk_buff.
+const keyLen = 16
+
+// Offsets of the fields of struct __sk_buff the program reads.
+const (
+	skbLen        = 0
+	skbRemoteIP4  = 92
+	skbLocalIP4   = 96
+	skbRemotePort = 132
+	skbLocalPort  = 136
+)
+
+// verdictProg returns the program: build the receiving socket's key on
+// the stack, redirect to the socket stored under it, and pass the data
+// to the receiving socket itself if there is none.
+func verdictProg(mapFD int) []byte {
+	type insn struct {
+		code     uint8
+		dst, src uint8
+		off      int16
+		imm      int32
+	}
+	prog := []insn{
+		{code: 0xbf, dst: 6, src: 1},                     // r6 = r1 (ctx)
+		{code: 0x61, dst: 2, src: 6, off: skbLen},        // r2 = ctx->len
+		{code: 0x15, dst: 2, off: jumpToDrop, imm: 0},    // if r2 == 0 goto drop
+		{code: 0x61, dst: 2, src: 6, off: skbLocalIP4},   // r2 = ctx->local_ip4
+		{code: 0x63, dst: 10, src: 2, off: -16},          // key[0] = r2
+		{code: 0x61, dst: 2, src: 6, off: skbRemoteIP4},  // r2 = ctx->remote_ip4
+		{code: 0x63, dst: 10, src: 2, off: -12},          // key[1] = r2
+		{code: 0x61, dst: 2, src: 6, off: skbLocalPort},  // r2 = ctx->local_port
+		{code: 0x63, dst: 10, src: 2, off: -8},           // key[2] = r2
+		{code: 0x61, dst: 2, src: 6, off: skbRemotePort}, // r2 = ctx->remote_port
+		// Some kernels shift the port into the high half: fold it down.
+		{code: 0xbf, dst: 3, src: 2},                                         // r3 = r2
+		{code: 0x77, dst: 3, imm: 16},                                        // r3 >>= 16
+		{code: 0x4f, dst: 2, src: 3},                                         // r2 |= r3
+		{code: 0x57, dst: 2, imm: 0xffff},                                    // r2 &= 0xffff
+		{code: 0x63, dst: 10, src: 2, off: -4},                               // key[3] = r2
+		{code: 0xbf, dst: 1, src: 6},                                         // r1 = ctx
+		{code: 0x18, dst: 2, src: unix.BPF_PSEUDO_MAP_FD, imm: int32(mapFD)}, // r2 = map
+		{},                                       // (second half of the 64-bit load)
+		{code: 0xbf, dst: 3, src: 10},            // r3 = fp
+		{code: 0x07, dst: 3, imm: -16},           // r3 += -16 (&key)
+		{code: 0xb7, dst: 4, imm: 0},             // r4 = 0 (flags: egress)
+		{code: 0x85, imm: bpfFuncSkRedirectHash}, // call bpf_sk_redirect_hash
+		{code: 0xb7, dst: 0, imm: skPass},        // r0 = SK_PASS
+		{code: 0x95},                             // exit
+		// drop: an empty segment (a FIN). Redirected, the worker would
+		// write nothing and take that for a broken pipe.
+		{code: 0xb7, dst: 0, imm: skDrop}, // r0 = SK_DROP
+		{code: 0x95},                      // exit
+	}
+	b := make([]byte, 0, 8*len(prog))
+	for _, i := range prog {
+		b = append(b, i.code, i.dst|i.src<<4)
+		b = binary.LittleEndian.AppendUint16(b, uint16(i.off))
+		b = binary.LittleEndian.AppendUint32(b, uint32(i.imm))
+	}
+	return b
+}
+
+func bpf(cmd int, attr unsafe.Pointer, size uintptr) (int, error) {
+	r, _, e := unix.Syscall(unix.SYS_BPF, uintptr(cmd), uintptr(attr), size)
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+// newRedirector creates the sockhash for up to n sockets and attaches
+// the program to it.
+func newRedirector(n int) (*redirector, error) {
+	if unsafe.Sizeof(uintptr(0)) != 8 || binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return nil, errors.New("the kernel relay is built for 64-bit little-endian machines")
+	}
+	n = min(max(n, 2), 1<<24)
+	peers, err := newSockhash(n)
+	if err != nil {
+		return nil, err
+	}
+	members, err := newSockhash(n)
+	if err != nil {
+		unix.Close(peers)
+		return nil, err
+	}
+	rd := &redirector{peers: peers, members: members, prog: -1}
+	insns := verdictProg(peers)
+	license := []byte("GPL\x00")
+	logBuf := make([]byte, 4096)
+	// Pointers stay pointers, so that the runtime adjusts them if the
+	// stack moves before the system call.
+	progAttr := struct {
+		typ, insnCnt       uint32
+		insns, license     unsafe.Pointer
+		logLevel, logSize  uint32
+		logBuf             unsafe.Pointer
+		kernVersion, flags uint32
+		name               [16]byte
+		ifindex            uint32
+		expectedAttachType uint32
+	}{
+		typ:      unix.BPF_PROG_TYPE_SK_SKB,
+		insnCnt:  uint32(len(insns) / 8),
+		insns:    unsafe.Pointer(&insns[0]),
+		license:  unsafe.Pointer(&license[0]),
+		logLevel: 1,
+		logSize:  uint32(len(logBuf)),
+		logBuf:   unsafe.Pointer(&logBuf[0]),
+	}
+	copy(progAttr.name[:], "hamr_relay")
+	if rd.prog, err = bpf(unix.BPF_PROG_LOAD, unsafe.Pointer(&progAttr), unsafe.Sizeof(progAttr)); err != nil {
+		rd.close()
+		return nil, fmt.Errorf("bpf prog_load: %w: %s", err, unix.ByteSliceToString(logBuf))
+	}
+	attach := struct {
+		target, prog, typ uint32
+	}{target: uint32(members), prog: uint32(rd.prog), typ: unix.BPF_SK_SKB_VERDICT}
+	if _, err := bpf(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attach), unsafe.Sizeof(attach)); err != nil {
+		rd.close()
+		return nil, fmt.Errorf("bpf prog_attach: %w", err)
+	}
+	return rd, nil
+}
+
+// newSockhash creates a sockhash for up to n sockets.
+func newSockhash(n int) (int, error) {
+	attr := struct {
+		typ, keySize, valueSize, maxEntries uint32
+	}{typ: unix.BPF_MAP_TYPE_SOCKHASH, keySize: keyLen, valueSize: 4, maxEntries: uint32(n)}
+	fd, err := bpf(unix.BPF_MAP_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if err != nil {
+		return -1, fmt.Errorf("bpf map_create sockhash: %w", err)
+	}
+	return fd, nil
+}
+
+// close releases the map and the program. Sockets still in the map
+// leave it when they close.
+func (r *redirector) close() {
+	if r.prog >= 0 {
+		unix.Close(r.prog)
+	}
+	unix.Close(r.members)
+	unix.Close(r.peers)
+}
+
+// A sockKey is a socket's key in the sockhash: its local and remote
+// IPv4 addresses and ports, laid out as the program builds it from an
+// __sk_buff received on that socket.
+type sockKey [keyLen]byte
+
+// keyOf returns fd's key; ok is false unless fd is a connected IPv4
+// socket.
+func keyOf(fd int) (k sockKey, ok bool) {
+	la, err := unix.Getsockname(fd)
+	if err != nil {
+		return k, false
+	}
+	ra, err := unix.Getpeername(fd)
+	if err != nil {
+		return k, false
+	}
+	l4, ok1 := la.(*unix.SockaddrInet4)
+	r4, ok2 := ra.(*unix.SockaddrInet4)
+	if !ok1 || !ok2 {
+		return k, false
+	}
+	copy(k[0:4], l4.Addr[:])
+	copy(k[4:8], r4.Addr[:])
+	binary.NativeEndian.PutUint32(k[8:12], uint32(l4.Port)) // host order
+	binary.BigEndian.PutUint16(k[12:14], uint16(r4.Port))   // network order, low half
+	return k, true
+}
+
+// mapUpdate stores socket fd under key k in the sockhash m.
+func mapUpdate(m int, k *sockKey, fd int) error {
+	v := uint32(fd)
+	attr := struct {
+		m, _       uint32
+		key, value unsafe.Pointer
+		flags      uint64
+	}{m: uint32(m), key: unsafe.Pointer(k), value: unsafe.Pointer(&v)}
+	if _, err := bpf(unix.BPF_MAP_UPDATE_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); err != nil {
+		return os.NewSyscallError("bpf map_update_elem", err)
+	}
+	return nil
+}
+
+// mapDelete removes key k from the sockhash m.
+func mapDelete(m int, k *sockKey) {
+	attr := struct {
+		m, _ uint32
+		key  unsafe.Pointer
+	}{m: uint32(m), key: unsafe.Pointer(k)}
+	bpf(unix.BPF_MAP_DELETE_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+}
+
+// kstate is what a session relayed by the kernel keeps, by direction.
+type kstate struct {
+	counted [2]uint64 // bytes added to the counters
+	final   [2]uint64 // bytes written when the direction ended
+	wait    [2]int64  // next drain check's delay, while the direction waits
+}
 
 // Direction indexes of kstate's arrays.
 const (
@@ -53,8 +258,7 @@ func (s *session) flow(dir int) *flow {
 
 // kernelEvents is the epoll interest of a session relayed by the kernel:
 // only its ends (and errors, always reported), so that the bytes the
-// kernel moves do not wake the loop. An overflow adds EPOLLIN and
-// EPOLLOUT while the loop relays.
+// kernel moves do not wake the loop.
 const kernelEvents = unix.EPOLLRDHUP | unix.EPOLLET
 
 // joinAfter is how many replies a session gets from its server before it
@@ -124,29 +328,20 @@ func (l *loop) join(s *session) int {
 	if !ok1 || !ok2 {
 		return joinRefused
 	}
-	cst := relayState{fd: uint32(s.cfd), tag: s.tag, loop: uint32(l.idx)}
-	sst := relayState{fd: uint32(s.sfd), tag: s.tag, loop: uint32(l.idx)}
-	ctl := relayCtl{allow: relayWindow, soft: relayWindow / 2}
-	cfd, sfd := uint32(s.cfd), uint32(s.sfd)
 	steps := []struct {
-		m int
-		k *sockKey
-		v unsafe.Pointer
+		m  int
+		k  *sockKey
+		fd int
 	}{
-		{rd.state, &ck, unsafe.Pointer(&cst)},
-		{rd.state, &sk, unsafe.Pointer(&sst)},
-		{rd.ctl, &ck, unsafe.Pointer(&ctl)},
-		{rd.ctl, &sk, unsafe.Pointer(&ctl)},
-		{rd.peers, &ck, unsafe.Pointer(&sfd)},
-		{rd.peers, &sk, unsafe.Pointer(&cfd)},
-		{rd.members, &ck, unsafe.Pointer(&cfd)},
-		{rd.members, &sk, unsafe.Pointer(&sfd)},
+		{rd.peers, &ck, s.sfd},
+		{rd.peers, &sk, s.cfd},
+		{rd.members, &ck, s.cfd},
+		{rd.members, &sk, s.sfd},
 	}
-	const running = 7 // from this step on, the client socket runs the program
 	for i, st := range steps {
-		if err := mapUpdate(st.m, st.k, st.v); err != nil {
-			if i < running {
-				// No socket runs the program yet.
+		if err := mapUpdate(st.m, st.k, st.fd); err != nil {
+			if i < 3 {
+				// Only the peers map holds them yet, and it runs nothing.
 				for _, done := range steps[:i] {
 					mapDelete(done.m, done.k)
 				}
@@ -156,33 +351,16 @@ func (l *loop) join(s *session) int {
 			// redirected waits in the kernel, and taking the socket
 			// out would drop it. End the session rather than lose bytes.
 			l.r.log.Warn("client closed: handing its session to the kernel failed halfway", "client", peer(s.cfd), "err", err)
-			s.k = &kstate{keys: [2]sockKey{ck, sk}} // for closeSession to clear the maps
 			l.closeSession(s)
 			return joinBroken
 		}
 	}
-	s.k = &kstate{
-		keys:    [2]sockKey{ck, sk},
-		counted: [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)},
-		base:    [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)},
-		ctl:     [2]relayCtl{ctl, ctl},
-		events:  [2]uint32{kernelEvents, kernelEvents},
-	}
-	s.c2s.bulk, s.s2c.bulk = false, false // splice(2) would miss what the kernel holds
+	s.k = &kstate{counted: [2]uint64{uint64(s.c2s.total), uint64(s.s2c.total)}}
 	// Bytes that arrived before a socket ran the program wait in it for
 	// the next segment: setting SO_RCVLOWAT has TCP run it now.
 	rawSetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
 	rawSetsockoptInt(s.cfd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
 	return joined
-}
-
-// forget removes s's sockets from the state and ctl maps, once they are
-// closed (closing takes them out of the sockhashes).
-func (r *redirector) forget(k *kstate) {
-	for i := range k.keys {
-		mapDelete(r.state, &k.keys[i])
-		mapDelete(r.ctl, &k.keys[i])
-	}
 }
 
 // received returns the bytes of data fd has received (a FIN counts one).
@@ -215,80 +393,49 @@ func (s *session) written(dir int) (uint64, bool) {
 }
 
 // kernelEvent handles an epoll event on a socket of a session the
-// kernel relays: the end of one direction, an error, or, while the loop
-// relays what overflowed, bytes to read or room to write.
+// kernel relays: the end of one direction, or an error.
 func (l *loop) kernelEvent(s *session, fd int, ev uint32) {
 	if s.killed() || ev&unix.EPOLLERR != 0 {
 		l.closeSession(s)
 		return
 	}
-	k := s.k
-	out, in := c2s, s2c // the directions fd is the source and the destination of
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0 {
+		return
+	}
+	dir := c2s
 	if fd == s.sfd {
-		out, in = s2c, c2s
+		dir = s2c
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 {
-		switch {
-		case k.over[in] == overDraining:
-			// The destination took some: the kernel's worker is
-			// writing again. Check soon.
-			k.owait[in] = 0
-			l.drainHeld(s, in)
-		case k.over[in] == overRelaying && s.flow(in).blocked:
-			l.relayHeld(s, in)
-		}
-		if s.state != stateOpen {
-			return
-		}
+	if s.flow(dir).eof || s.k.wait[dir] != 0 {
+		return // ended, or waiting for the kernel already
 	}
-	switch {
-	case k.over[out] == overRelaying:
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-			l.relayHeld(s, out)
-		}
-	case k.over[out] == overDraining:
-		// The drain check relays what is held, and then the end.
-	case ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 && !s.flow(out).eof && k.wait[out] == 0:
-		l.kernelEOF(s, out)
-	}
+	l.kernelEOF(s, dir)
 }
 
-// Delays between checks of a direction waiting for the kernel to write
-// what it redirected.
+// Delays between checks of a direction that ended while the kernel
+// still held some of its bytes.
 const (
 	firstDrainWait = int64(50 * time.Microsecond)
 	maxDrainWait   = int64(100 * time.Millisecond)
 )
 
-// wait schedules a check of s's direction dir after a delay that grows
-// with each call (*w holds the last one): the kernel's worker usually
-// needs microseconds; a destination that does not read holds it longer.
-func (l *loop) wait(s *session, dir int, w *int64, held bool) {
-	*w = min(max(2**w, firstDrainWait), maxDrainWait)
-	at := l.now + *w
-	if held {
-		s.k.odue[dir] = at
-	}
-	l.drains = append(l.drains, drainTimer{at: at, s: s, dir: dir, held: held})
-}
-
 // kernelEOF passes the end of direction dir on to its destination once
 // the kernel has written every byte the source received: a half-close
-// must not overtake them. Until then it checks again.
+// must not overtake them. Until then it checks again after a growing
+// delay (the kernel's worker usually needs microseconds; a destination
+// that does not read holds it longer).
 func (l *loop) kernelEOF(s *session, dir int) {
-	f, k := s.flow(dir), s.k
-	if f.eof || k.over[dir] != overNone {
-		k.wait[dir] = 0 // ended, or the loop relays the end with what is held
-		return
-	}
+	f := s.flow(dir)
 	recv, ok1 := received(f.src)
 	recv = max(recv, 1) - 1 // the FIN
 	if out, ok2 := s.written(dir); ok1 && ok2 && out < recv {
-		l.wait(s, dir, &k.wait[dir], false)
+		w := &s.k.wait[dir]
+		*w = min(max(2**w, firstDrainWait), maxDrainWait)
+		l.drains = append(l.drains, drainTimer{at: l.now + *w, s: s, dir: dir})
 		return
 	}
-	k.wait[dir] = 0
-	k.final[dir] = recv
+	s.k.wait[dir] = 0
+	s.k.final[dir] = recv
 	f.eof = true
 	s.countKernel() // counted before dst can see the end
 	if err := rawShutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
@@ -300,27 +447,11 @@ func (l *loop) kernelEOF(s *session, dir int) {
 	}
 }
 
-// kernelEnd is eof's part for a session the kernel relays, which the loop
-// ended while relaying what overflowed: the bytes are counted from what
-// was written, before dst can see the end.
-func (s *session) kernelEnd(f *flow) {
-	dir := c2s
-	if f == &s.s2c {
-		dir = s2c
-	}
-	k := s.k
-	k.out[dir] += uint64(f.n)
-	f.n = 0
-	k.final[dir], _ = s.written(dir)
-	s.countKernel()
-}
-
 // drainTimer is the next check of a direction waiting for the kernel.
 type drainTimer struct {
-	at   int64
-	s    *session
-	dir  int
-	held bool // an overflow's drain check, rather than an end's
+	at  int64
+	s   *session
+	dir int
 }
 
 // expireDrains runs the drain checks that are due.
@@ -335,204 +466,10 @@ func (l *loop) expireDrains() {
 			l.drains = append(l.drains, t)
 			continue
 		}
-		if t.s.state != stateOpen || t.s.k == nil {
-			continue
-		}
-		if !t.held {
+		if t.s.state == stateOpen && t.s.k != nil {
 			l.kernelEOF(t.s, t.dir)
-		} else if k := t.s.k; k.over[t.dir] == overDraining && k.odue[t.dir] == t.at {
-			l.drainHeld(t.s, t.dir)
 		}
 	}
-}
-
-// readRing reads the program's records: a socket whose soft limit or
-// window was reached. Each goes to the loop that owns the socket.
-func (l *loop) readRing() {
-	l.r.redir.ring.read(func(rec []byte) {
-		if len(rec) < 12 {
-			return
-		}
-		fd := int(binary.NativeEndian.Uint32(rec))
-		tag := binary.NativeEndian.Uint32(rec[4:])
-		i := int(binary.NativeEndian.Uint32(rec[8:]))
-		if i >= len(l.r.loops) {
-			return
-		}
-		if o := l.r.loops[i]; o != l {
-			o.post(func(o *loop) { o.overflow(fd, tag) })
-			return
-		}
-		l.overflow(fd, tag)
-	})
-}
-
-// overflow handles a record of the socket fd of the session tagged tag:
-// the direction it is the source of used half its window, or all of it.
-//
-// Half: the kernel gets more room, as much as the destination took
-// since (the window slides with what the kernel wrote).
-//
-// All: the program holds what the socket receives (where it counts
-// against the receive buffer, so that TCP stops the sender) until the
-// loop has taken it over. The loop waits until the kernel has written
-// every byte it redirected (drainHeld), then relays what is held, in
-// order, until the socket is empty (relayHeld), and then gives the
-// kernel a new window.
-func (l *loop) overflow(fd int, tag uint32) {
-	if fd < 0 || fd >= len(l.table) {
-		return
-	}
-	s := l.table[fd]
-	if s == nil || s.tag != tag || s.state != stateOpen || s.k == nil {
-		return // a record of a session closed since
-	}
-	dir := c2s
-	if fd == s.sfd {
-		dir = s2c
-	}
-	k := s.k
-	if k.over[dir] != overNone || s.flow(dir).eof {
-		return
-	}
-	st, ok := l.lookState(s, dir)
-	if !ok {
-		return
-	}
-	if st.held > k.ctl[dir].taken {
-		k.over[dir] = overDraining
-		if l.setEvents(s) {
-			l.drainHeld(s, dir)
-		}
-		return
-	}
-	// More room: the window slides by what the kernel has written.
-	out, ok := s.written(dir)
-	if !ok {
-		return
-	}
-	wrote := out - k.base[dir] - k.out[dir]
-	c := k.ctl[dir]
-	c.allow = max(c.allow, wrote+relayWindow)
-	c.soft = st.sent + (c.allow-st.sent)/2
-	l.setCtl(s, dir, c)
-}
-
-// lookState returns the state of the source socket of s's direction
-// dir, once every program run on that socket that began before has
-// ended: a TCP_INFO takes the socket's lock, which the program runs
-// under.
-func (l *loop) lookState(s *session, dir int) (relayState, bool) {
-	var st relayState
-	received(s.flow(dir).src)
-	if err := mapLookup(l.r.redir.state, &s.k.keys[dir], unsafe.Pointer(&st)); err != nil {
-		l.r.log.Error("client closed", "client", peer(s.cfd), "err", err)
-		l.closeSession(s)
-		return st, false
-	}
-	return st, true
-}
-
-// setCtl writes c as the ctl of dir's source socket.
-func (l *loop) setCtl(s *session, dir int, c relayCtl) bool {
-	if err := mapUpdate(l.r.redir.ctl, &s.k.keys[dir], unsafe.Pointer(&c)); err != nil {
-		l.r.log.Error("client closed", "client", peer(s.cfd), "err", err)
-		l.closeSession(s)
-		return false
-	}
-	s.k.ctl[dir] = c
-	return true
-}
-
-// drainHeld waits until the kernel has written every byte it redirected
-// in direction dir, and then has the loop relay what the source holds.
-func (l *loop) drainHeld(s *session, dir int) {
-	k := s.k
-	st, ok := l.lookState(s, dir)
-	if !ok {
-		return
-	}
-	out, ok := s.written(dir)
-	if !ok {
-		l.closeSession(s)
-		return
-	}
-	if out < k.base[dir]+st.sent+k.out[dir] {
-		l.wait(s, dir, &k.owait[dir], true)
-		return
-	}
-	k.owait[dir] = 0
-	k.over[dir] = overRelaying
-	if l.setEvents(s) {
-		l.relayHeld(s, dir)
-	}
-}
-
-// relayHeld has the loop relay what dir's source socket holds. Once the
-// socket is empty and every byte it held is written, the kernel gets a
-// new window. It reports whether s is open.
-func (l *loop) relayHeld(s *session, dir int) bool {
-	f, k := s.flow(dir), s.k
-	queued := len(l.ready)
-	err := l.pump(s, f, true)
-	k.out[dir] += uint64(f.n) // counted from what was written (countKernel)
-	f.n = 0
-	if err != nil || s.killed() || (s.c2s.eof && s.s2c.eof) {
-		l.closeSession(s)
-		return false
-	}
-	if f.eof || f.blocked || len(f.pend) > 0 || len(l.ready) > queued {
-		return true
-	}
-	// The socket is empty: all it held is written, unless the program
-	// held more since. Tell it what was taken; it holds on while it
-	// has held more than that.
-	st := relayState{}
-	var ok bool
-	if st, ok = l.lookState(s, dir); !ok {
-		return false
-	}
-	c := relayCtl{allow: st.sent + relayWindow, taken: k.out[dir]}
-	c.soft = st.sent + relayWindow/2
-	if !l.setCtl(s, dir, c) {
-		return false
-	}
-	if st, ok = l.lookState(s, dir); !ok {
-		return false
-	}
-	if st.held > k.out[dir] {
-		return true // held meanwhile: its EPOLLIN comes
-	}
-	k.over[dir] = overNone
-	return l.setEvents(s)
-}
-
-// setEvents sets the epoll interest of s's sockets for the overflows
-// under way: a source the loop relays from is read, and its destination
-// watched for room (to check the kernel's progress, or to write).
-func (l *loop) setEvents(s *session) bool {
-	k := s.k
-	for i, fd := range [2]int{s.cfd, s.sfd} {
-		out, in := i, 1-i // client socket: source of c2s, destination of s2c
-		ev := uint32(kernelEvents)
-		if k.over[out] == overRelaying {
-			ev |= unix.EPOLLIN
-		}
-		if k.over[in] != overNone {
-			ev |= unix.EPOLLOUT
-		}
-		if ev == k.events[i] {
-			continue
-		}
-		e := unix.EpollEvent{Events: ev, Fd: int32(fd), Pad: int32(s.tag)}
-		if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &e); err != nil {
-			l.r.log.Error("client closed", "err", fmt.Errorf("epoll_ctl: %w", err))
-			l.closeSession(s)
-			return false
-		}
-		k.events[i] = ev
-	}
-	return true
 }
 
 // nextDrain returns when the next drain check is due, -1 if none.

@@ -25,7 +25,6 @@ import (
 // post, which queues a function and wakes the loop through an eventfd.
 type loop struct {
 	r        *Route
-	idx      int // in r.loops
 	epfd     int
 	f        *os.File        // epfd, registered with the runtime's netpoller
 	rc       syscall.RawConn // f's
@@ -61,8 +60,7 @@ type loop struct {
 const (
 	tagWake     = 0
 	tagListener = 1
-	tagRing     = 2 // the kernel relay's ring buffer (loop 0 only)
-	firstTag    = 3
+	firstTag    = 2
 )
 
 // lnSlot is a listener as one loop sees it.
@@ -281,9 +279,6 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 			}
 		}
 		return
-	case tagRing:
-		l.readRing()
-		return
 	}
 	if fd >= len(l.table) {
 		return
@@ -316,14 +311,8 @@ func (l *loop) runReady() {
 	l.ready, l.spare = l.spare[:0], l.ready
 	for i, rf := range l.spare {
 		l.spare[i] = readyFlow{}
-		switch s := rf.s; {
-		case s.state != stateOpen:
-		case s.k == nil:
-			l.pumpOrClose(s, rf.f, true)
-		case rf.f == &s.c2s && s.k.over[c2s] == overRelaying:
-			l.relayHeld(s, c2s)
-		case rf.f == &s.s2c && s.k.over[s2c] == overRelaying:
-			l.relayHeld(s, s2c)
+		if rf.s.state == stateOpen && rf.s.k == nil { // not handed to the kernel meanwhile
+			l.pumpOrClose(rf.s, rf.f, true)
 		}
 	}
 }

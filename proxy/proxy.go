@@ -309,7 +309,7 @@ func (r *Route) Start() error {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
-	for i := range n {
+	for range n {
 		l, err := newLoop(r)
 		if err != nil {
 			ln.close()
@@ -319,11 +319,10 @@ func (r *Route) Start() error {
 			r.loops = nil
 			return fmt.Errorf("proxy: route %q: %w", r.cfg.Name, err)
 		}
-		l.idx = i
 		r.loops = append(r.loops, l)
 	}
 	if r.cfg.KernelRelay {
-		rd, err := newRedirector(2*r.cfg.MaxConnections, r.loops[0])
+		rd, err := newRedirector(2 * r.cfg.MaxConnections)
 		if err != nil {
 			r.log.Warn("kernel relay unavailable; the event loops relay every session", "err", err)
 		} else {

@@ -538,9 +538,6 @@ func (l *loop) eof(s *session, f *flow) error {
 	}
 	f.eof = true
 	f.release()
-	if s.k != nil {
-		s.kernelEnd(f)
-	}
 	f.flush() // counted before dst can see the end
 	if err := rawShutdown(f.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 		return err
@@ -571,9 +568,6 @@ func (l *loop) closeSession(s *session) {
 	s.c2s.release()
 	s.s2c.release()
 	r := l.r
-	if s.k != nil {
-		r.redir.forget(s.k)
-	}
 	if registered {
 		r.unregister(s)
 	}
