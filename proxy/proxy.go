@@ -45,7 +45,8 @@ type Config struct {
 	// waking it. The kernel applies no flow control across the relay: a
 	// side that reads slower than the other sends makes the kernel queue
 	// the difference. Where the kernel refuses the program (no CAP_BPF
-	// or CAP_NET_ADMIN, an old kernel), Start logs why and the loops relay every session.
+	// or CAP_NET_ADMIN, an old kernel), Start logs why and the loops
+	// relay every session.
 	KernelRelay bool
 }
 
