@@ -262,17 +262,29 @@ func (s *session) flow(dir int) *flow {
 const kernelEvents = unix.EPOLLRDHUP | unix.EPOLLET
 
 // joinAfter is how many replies a session gets from its server before it
-// is handed to the kernel: a MySQL handshake takes two, and a client that
-// connects for one query and leaves costs less relayed by the loop than
-// handed over. Pooled connections and long sessions are handed over.
-// Tests lower it.
-var joinAfter uint8 = 4
+// is handed to the kernel. A reply is what the server sends after the
+// client has sent something: the greeting does not count, the answer to
+// the login does, and a large result counts once however many reads it
+// takes. A client that connects for one query and leaves costs less
+// relayed by the loop than handed over; pooled connections and long
+// sessions are handed over. Tests set 0: at the server's first bytes.
+var joinAfter uint8 = 3
 
 // maybeJoin hands s to the kernel once it has had joinAfter replies and
 // the loop holds none of its bytes. It reports whether s is open.
 func (l *loop) maybeJoin(s *session) bool {
 	if s.replies > joinAfter {
 		return true // the kernel could not take s
+	}
+	// A server that goes on sending (a large result, a dump) is moving
+	// bulk data: the loop splices it, and the kernel relay would queue
+	// what a slow client has not read yet. Such a session is handed over
+	// at its next reply, if it is quiet then.
+	asked := s.c2s.total + s.c2s.n
+	fresh := asked != s.asked
+	s.asked = asked
+	if !fresh && joinAfter > 0 {
+		return true
 	}
 	if s.replies < joinAfter {
 		if s.replies++; s.replies < joinAfter {

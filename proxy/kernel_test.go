@@ -240,3 +240,52 @@ func TestQuietWantsEmptySockets(t *testing.T) {
 		}
 	})
 }
+
+// TestKernelRelayLeavesStreams: a result that takes the loop many reads
+// is one reply, so a session whose server streams after one request
+// stays with the loop (which splices it) instead of being handed to the
+// kernel in the middle of the stream.
+func TestKernelRelayLeavesStreams(t *testing.T) {
+	old := joinAfter
+	joinAfter = 3
+	t.Cleanup(func() { joinAfter = old }) // after the route's shutdown
+	const chunk, chunks = 64 << 10, 64
+	data := payload(3, chunk)
+	be := newBackend(t, func(c net.Conn) {
+		if _, err := c.Write([]byte("helo")); err != nil {
+			t.Errorf("server greeting: %v", err)
+			return
+		}
+		var b [2]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			t.Errorf("server read: %v", err)
+			return
+		}
+		for range chunks {
+			if _, err := c.Write(data); err != nil {
+				t.Errorf("server write: %v", err)
+				return
+			}
+			time.Sleep(time.Millisecond) // each chunk wakes the loop on its own
+		}
+	})
+	reg := prometheus.NewRegistry()
+	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), reg)
+	c := dialProxy(t, p)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	got := make([]byte, chunk)
+	if _, err := io.ReadFull(c, got[:4]); err != nil || string(got[:4]) != "helo" {
+		t.Fatalf("greeting %q, %v", got[:4], err)
+	}
+	if _, err := c.Write([]byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range chunks {
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("chunk %d: %v, intact %v", i, err, bytes.Equal(got, data))
+		}
+	}
+	if v := scraped(t, reg, "hamr_route_kernel_sessions_total", map[string]string{"route": "k"}); v != 0 {
+		t.Errorf("hamr_route_kernel_sessions_total = %v, want 0: a streaming session was handed to the kernel", v)
+	}
+}

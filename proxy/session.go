@@ -42,7 +42,8 @@ type session struct {
 	d        *dest        // pick's destination
 	c2s, s2c flow
 	k        *kstate // set while the kernel relays s (kernel_linux.go)
-	replies  uint8   // server wake-ups so far, up to joinAfter (+1: the kernel refused s)
+	replies  uint8   // replies so far, up to joinAfter (+1: the kernel refused s)
+	asked    int64   // bytes the client had sent at the last reply
 
 	// mu orders the loop closing the sockets with kill shutting them
 	// down from another goroutine, so that kill never touches a
