@@ -29,12 +29,18 @@ func kernelRoute(t *testing.T, addr string, rt *routing.Route, reg *prometheus.R
 	return p
 }
 
-// chatRounds is how many exchanges the chat protocol makes before its
-// bulk part: more than joinAfter, so that the session is handed over.
+// chatRounds is how many exchanges the chat protocol makes at least
+// before its bulk part: more than joinAfter, so that the session is
+// handed over.
 const chatRounds = 6
 
+// chatDone is the client's last chat message, which the server does not
+// echo.
+const chatDone = "done"
+
 // chatServer speaks first (a 4-byte greeting, as a MySQL server does),
-// echoes chatRounds 4-byte messages, then runs serve on the connection.
+// echoes 4-byte messages until chatDone, then runs serve on the
+// connection.
 func chatServer(t testing.TB, serve func(net.Conn)) func(net.Conn) {
 	return func(c net.Conn) {
 		if _, err := c.Write([]byte("helo")); err != nil {
@@ -42,10 +48,13 @@ func chatServer(t testing.TB, serve func(net.Conn)) func(net.Conn) {
 			return
 		}
 		var b [4]byte
-		for range chatRounds {
+		for {
 			if _, err := io.ReadFull(c, b[:]); err != nil {
 				t.Errorf("server read: %v", err)
 				return
+			}
+			if string(b[:]) == chatDone {
+				break
 			}
 			if _, err := c.Write(b[:]); err != nil {
 				t.Errorf("server write: %v", err)
@@ -56,24 +65,49 @@ func chatServer(t testing.TB, serve func(net.Conn)) func(net.Conn) {
 	}
 }
 
-// chat is chatServer's client side.
-func chat(t testing.TB, c net.Conn) {
+// chat is chatServer's client side: chatRounds exchanges, and then, if
+// joined is not nil, more until joined reports that the kernel took the
+// session (a loaded machine can have the client's next message arrive
+// before the loop looks, and the session is handed over only when none
+// of its bytes wait). It returns the bytes the client sent.
+func chat(t testing.TB, c net.Conn, joined func() bool) int {
 	t.Helper()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	deadline := time.Now().Add(10 * time.Second)
+	c.SetDeadline(deadline)
 	var b [4]byte
 	if _, err := io.ReadFull(c, b[:]); err != nil || string(b[:]) != "helo" {
 		t.Fatalf("greeting %q, %v", b, err)
 	}
-	for i := range chatRounds {
-		msg := []byte{'m', 's', 'g', byte('0' + i)}
+	sent := 0
+	for i := 0; i < chatRounds || (joined != nil && !joined()); i++ {
+		if i >= chatRounds {
+			if time.Now().After(deadline.Add(-time.Second)) {
+				t.Fatalf("the session was not handed to the kernel after %d exchanges", i)
+			}
+			time.Sleep(time.Millisecond) // let the loop look while the sockets are empty
+		}
+		msg := []byte{'m', 's', 'g', byte('0' + i%10)}
 		if _, err := c.Write(msg); err != nil {
 			t.Fatal(err)
 		}
+		sent += len(msg)
 		if _, err := io.ReadFull(c, b[:]); err != nil || !bytes.Equal(b[:], msg) {
 			t.Fatalf("echo %q, %v; want %q", b, err, msg)
 		}
 	}
+	if _, err := c.Write([]byte(chatDone)); err != nil {
+		t.Fatal(err)
+	}
 	c.SetDeadline(time.Time{})
+	return sent + len(chatDone)
+}
+
+// kernelSessions returns a function that reports whether route "k" has
+// handed a session to the kernel, for chat.
+func kernelSessions(t testing.TB, reg *prometheus.Registry) func() bool {
+	return func() bool {
+		return scraped(t, reg, "hamr_route_kernel_sessions_total", map[string]string{"route": "k"}) > 0
+	}
 }
 
 // TestKernelRelay checks a session the kernel relays as a user would: a
@@ -89,7 +123,7 @@ func TestKernelRelay(t *testing.T) {
 	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), reg)
 
 	c := dialProxy(t, p)
-	chat(t, c)
+	chatBytes := chat(t, c, kernelSessions(t, reg))
 	before := ioChars(t)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	if _, err := c.Write(up); err != nil {
@@ -113,8 +147,8 @@ func TestKernelRelay(t *testing.T) {
 	if v := scraped(t, reg, "hamr_route_kernel_sessions_total", labels); v != 1 {
 		t.Errorf("hamr_route_kernel_sessions_total = %v, want 1", v)
 	}
-	chatBytes := 4 * chatRounds
-	for dir, want := range map[string]int{"client_to_server": chatBytes + n, "server_to_client": 4 + chatBytes + n} {
+	echoed := chatBytes - len(chatDone)
+	for dir, want := range map[string]int{"client_to_server": chatBytes + n, "server_to_client": 4 + echoed + n} {
 		labels["direction"] = dir
 		if v := scraped(t, reg, "hamr_route_bytes_total", labels); v != float64(want) {
 			t.Errorf("hamr_route_bytes_total{direction=%q} = %v, want %d", dir, v, want)
@@ -143,9 +177,10 @@ func TestKernelRelaySlowReader(t *testing.T) {
 		}
 		received <- result{n, h.Sum(nil)}
 	}))
-	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	p := kernelRoute(t, "", newRouting(t, routing.FirstAvailable, be.addr()), reg)
 	c := dialProxy(t, p)
-	chat(t, c)
+	chat(t, c, kernelSessions(t, reg))
 
 	up := payload(7, total)
 	c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
@@ -186,7 +221,7 @@ func TestKernelRelayIPv4Only(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	p := kernelRoute(t, "[::1]:0", newRouting(t, routing.FirstAvailable, be.addr()), reg)
 	c := dialProxy(t, p)
-	chat(t, c)
+	chat(t, c, nil)
 	if err := roundTrip(c, "after the chat"); err != nil {
 		t.Fatal(err)
 	}
