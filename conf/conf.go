@@ -41,8 +41,8 @@ type IO struct {
 	// The kernel applies no flow control across that relay: when one
 	// side reads slower than the other sends, the bytes wait in this
 	// host's kernel memory without bound. Where the kernel refuses the
-	// program (no CAP_BPF or CAP_NET_ADMIN, an old kernel) hamr logs why and relays in
-	// user space. Read at start only.
+	// program (no CAP_BPF or CAP_NET_ADMIN, an old kernel) hamr logs why
+	// and relays in user space. Read at start only.
 	KernelRelay bool
 }
 

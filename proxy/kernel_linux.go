@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -535,39 +534,12 @@ func (l *loop) kernelRelay(s *session) bool {
 	return true
 }
 
-// kernelRoutes are the started Routes with a kernel relay, for
-// countKernelSessions.
-var kernelRoutes struct {
-	mu sync.Mutex
-	rs map[*Route]struct{}
-}
-
-func trackKernelRoute(r *Route, on bool) {
-	kernelRoutes.mu.Lock()
-	defer kernelRoutes.mu.Unlock()
-	if !on {
-		delete(kernelRoutes.rs, r)
-		return
-	}
-	if kernelRoutes.rs == nil {
-		kernelRoutes.rs = make(map[*Route]struct{})
-	}
-	kernelRoutes.rs[r] = struct{}{}
-}
-
 // countWait bounds how long a scrape waits for the loops to count.
 const countWait = time.Second
 
-// countKernelSessions has every loop of every Route with a kernel relay
-// count the bytes its open sessions moved, and waits for them (at most
-// countWait).
-func countKernelSessions() {
-	kernelRoutes.mu.Lock()
-	var loops []*loop
-	for r := range kernelRoutes.rs {
-		loops = append(loops, r.loops...)
-	}
-	kernelRoutes.mu.Unlock()
+// countKernelSessions has each of loops count the bytes its open kernel
+// sessions moved, and waits for them (at most countWait).
+func countKernelSessions(loops []*loop) {
 	if len(loops) == 0 {
 		return
 	}

@@ -134,10 +134,23 @@ func newLoop(r *Route) (*loop, error) {
 // Route.mu.
 func (l *loop) post(fn func(*loop)) {
 	l.mu.Lock()
+	l.queue(fn)
+	l.mu.Unlock()
+}
+
+// tryPost is post that reports whether fn was queued: false once the
+// loop has ended, or is ending (exit was posted).
+func (l *loop) tryPost(fn func(*loop)) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.ending && l.queue(fn)
+}
+
+// queue is post's part under l.mu; it reports whether fn was queued.
+func (l *loop) queue(fn func(*loop)) bool {
 	if l.exited {
 		// Nothing is left to act on, and l.efd's number may be reused.
-		l.mu.Unlock()
-		return
+		return false
 	}
 	l.cmds = append(l.cmds, fn)
 	if len(l.cmds) == 1 {
@@ -146,19 +159,6 @@ func (l *loop) post(fn func(*loop)) {
 		var one = [8]byte{1}
 		rawWrite(l.efd, one[:])
 	}
-	l.mu.Unlock()
-}
-
-// tryPost is post that reports whether fn was queued: false once the
-// loop has ended, or is ending (exit was posted).
-func (l *loop) tryPost(fn func(*loop)) bool {
-	l.mu.Lock()
-	ending := l.exited || l.ending
-	l.mu.Unlock()
-	if ending {
-		return false
-	}
-	l.post(fn)
 	return true
 }
 

@@ -16,6 +16,7 @@ type Metrics struct {
 	active   *prometheus.GaugeVec
 	total    *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
+	counted  *countedVec // bytes as registered
 	dialErrs *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 	kernel   *prometheus.CounterVec
@@ -62,10 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		destRefs:  make(map[[2]string]int),
 		routeRefs: make(map[string]int),
 	}
+	m.counted = &countedVec{CounterVec: m.bytes}
 	if reg != nil {
 		m.active = register(reg, m.active)
 		m.total = register(reg, m.total)
-		m.bytes = register(reg, &countedVec{m.bytes}).CounterVec
+		m.counted = register(reg, m.counted)
+		m.bytes = m.counted.CounterVec
 		m.dialErrs = register(reg, m.dialErrs)
 		m.refusals = register(reg, m.refusals)
 		m.kernel = register(reg, m.kernel)
@@ -74,13 +77,38 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // countedVec is hamr_route_bytes_total as registered: before each
-// scrape, it has the routes count what the kernel relayed for their
-// sessions since the last count (their loops only see a session's
-// bytes when it ends).
-type countedVec struct{ *prometheus.CounterVec }
+// scrape, it has the Routes with a kernel relay that count into it count
+// what the kernel relayed for their sessions since the last count (their
+// loops only see a session's bytes when it ends). Metrics sharing a
+// registry share it, and so its Routes.
+type countedVec struct {
+	*prometheus.CounterVec
+	mu     sync.Mutex
+	routes map[*Route]struct{}
+}
+
+// track adds r to the Routes a scrape counts, or removes it.
+func (v *countedVec) track(r *Route, on bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !on {
+		delete(v.routes, r)
+		return
+	}
+	if v.routes == nil {
+		v.routes = make(map[*Route]struct{})
+	}
+	v.routes[r] = struct{}{}
+}
 
 func (v *countedVec) Collect(ch chan<- prometheus.Metric) {
-	countKernelSessions()
+	v.mu.Lock()
+	var loops []*loop
+	for r := range v.routes {
+		loops = append(loops, r.loops...)
+	}
+	v.mu.Unlock()
+	countKernelSessions(loops)
 	v.CounterVec.Collect(ch)
 }
 

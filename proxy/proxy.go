@@ -335,7 +335,7 @@ func (r *Route) Start() error {
 		r.loopsWG.Go(l.loopRun)
 	}
 	if r.redir != nil {
-		trackKernelRoute(r, true)
+		r.m.counted.track(r, true)
 	}
 	r.started = true
 	r.addr = boundAddr(r.cfg.Addr, ln.addr)
@@ -499,7 +499,7 @@ func (r *Route) stopLoops() {
 	r.unwatch = nil
 	r.mu.Unlock()
 	if r.redir != nil {
-		trackKernelRoute(r, false) // no scrape waits for loops that end
+		r.m.counted.track(r, false) // no scrape waits for loops that end
 	}
 	for _, l := range r.loops {
 		l.mu.Lock()
